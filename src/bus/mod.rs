@@ -1,0 +1,118 @@
+//! The user API: a [`Bus`] names topics; a topic has one [`Publisher`] and one [`Subscriber`],
+//! each typed by its [`Payload`].
+
+mod control;
+mod payload;
+mod publisher;
+mod subscriber;
+
+pub use payload::Payload;
+pub use publisher::{Loan, Publisher, PublisherBuilder};
+pub use subscriber::{Sample, Subscriber, SubscriberBuilder};
+
+use crate::error::BusError;
+use crate::segment::{validate_name, Access, NameError};
+
+/// The default prefix of segment names: topic `md.eurusd` lives in `/dev/shm/shmbus.md.eurusd`.
+pub const DEFAULT_PREFIX: &str = "shmbus.";
+
+/// A namespace of topics: every topic's segment is named `<prefix><topic>` in `/dev/shm`.
+///
+/// Cheap to create and to clone; holds no resources. `Send` and `Sync`.
+///
+/// ```
+/// let bus = shmbus::Bus::open_default()?;
+/// let tests = shmbus::Bus::builder().prefix("myapp-test.").build()?;
+/// # let _ = (bus, tests);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Bus {
+    prefix: String,
+    access: Access,
+}
+
+impl Bus {
+    /// The bus with the default prefix, owner-only access.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for a bus root that must be checked.
+    pub fn open_default() -> Result<Self, BusError> {
+        Self::builder().build()
+    }
+
+    /// A builder for a bus with another prefix or access.
+    pub fn builder() -> BusBuilder {
+        BusBuilder {
+            prefix: DEFAULT_PREFIX.into(),
+            access: Access::Owner,
+        }
+    }
+
+    /// The prefix of this bus's segment names.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Start creating topic `topic` and its publisher.
+    ///
+    /// ```
+    /// # let bus = shmbus::Bus::builder().prefix("doctest-pub.").build()?;
+    /// let mut publisher = bus.publisher::<u64>("counter").capacity(64).create()?;
+    /// publisher.try_send(42)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publisher<T: ?Sized + Payload>(&self, topic: &str) -> PublisherBuilder<'_, T> {
+        PublisherBuilder::new(self, topic)
+    }
+
+    /// Start opening a subscriber of topic `topic`.
+    pub fn subscriber<T: ?Sized + Payload>(&self, topic: &str) -> SubscriberBuilder<'_, T> {
+        SubscriberBuilder::new(self, topic)
+    }
+
+    /// The `shm_open` name of a topic's segment.
+    pub(crate) fn segment_name(&self, topic: &str) -> Result<String, NameError> {
+        validate_name(topic)?;
+        Ok(format!("{}{}", self.prefix, topic))
+    }
+}
+
+/// Builds a [`Bus`]. From [`Bus::builder`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct BusBuilder {
+    prefix: String,
+    access: Access,
+}
+
+impl BusBuilder {
+    /// The prefix of segment names (`shmbus.` by default): the same rules as a topic name.
+    /// Tests and separate applications use their own.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Let the owner's group read and write the segments (mode 0660), and accept such
+    /// segments on open. Owner-only (0600) by default.
+    pub fn group_access(mut self, yes: bool) -> Self {
+        self.access = if yes { Access::Group } else { Access::Owner };
+        self
+    }
+
+    /// The bus.
+    ///
+    /// # Errors
+    /// [`BusError::InvalidPrefix`] for a prefix that is not a valid name.
+    pub fn build(self) -> Result<Bus, BusError> {
+        validate_name(&self.prefix).map_err(|reason| BusError::InvalidPrefix {
+            prefix: self.prefix.clone(),
+            reason,
+        })?;
+        Ok(Bus {
+            prefix: self.prefix,
+            access: self.access,
+        })
+    }
+}

@@ -1,0 +1,473 @@
+//! The publishing side of a topic: create it, loan slots, write in place, send.
+
+use super::control::TopicControl;
+use super::{payload::Payload, Bus};
+use crate::error::{CreateError, LoanError, SendTimeoutError, TryLoanError, TrySendError};
+use crate::layout::{Geometry, SegmentHeader};
+use crate::ring::spsc::Producer;
+use crate::ring::MappedSlots;
+use crate::segment::{self, Segment, SegmentError};
+use crate::sync::Ordering;
+use crate::wait::{self, Futex, WaitStrategy};
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+/// Configures and creates a topic with its publisher. From [`Bus::publisher`].
+#[must_use = "a builder does nothing until `create` is called"]
+#[derive(Debug)]
+pub struct PublisherBuilder<'b, T: ?Sized> {
+    bus: &'b Bus,
+    topic: String,
+    capacity: u64,
+    slot_size: Option<u64>,
+    wait: WaitStrategy,
+    type_name: Option<String>,
+    _type: PhantomData<fn(&T)>,
+}
+
+impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
+    pub(super) fn new(bus: &'b Bus, topic: &str) -> Self {
+        Self {
+            bus,
+            topic: topic.into(),
+            capacity: 1024,
+            slot_size: None,
+            wait: WaitStrategy::default(),
+            type_name: None,
+            _type: PhantomData,
+        }
+    }
+
+    /// Number of slots: a power of two from 2 up (1024 by default). Under backpressure the
+    /// publisher runs at most this many messages ahead of the subscriber.
+    pub fn capacity(mut self, slots: u64) -> Self {
+        self.capacity = slots;
+        self
+    }
+
+    /// Largest byte message, for `[u8]` topics (4096 by default). Ignored for typed topics,
+    /// whose slot is the type's size.
+    pub fn slot_size(mut self, bytes: u64) -> Self {
+        self.slot_size = Some(bytes);
+        self
+    }
+
+    /// How [`Publisher::send`] and [`Publisher::loan`] wait while the ring is full.
+    pub fn wait(mut self, strategy: WaitStrategy) -> Self {
+        self.wait = strategy;
+        self
+    }
+
+    /// The name recorded in the type fingerprint, instead of `std::any::type_name::<T>()`.
+    /// Set the same name on both sides when publisher and subscriber are built from different
+    /// crates that define the same `#[repr(C)]` type.
+    pub fn type_name(mut self, name: &str) -> Self {
+        self.type_name = Some(name.into());
+        self
+    }
+
+    /// Create the topic's segment and return its publisher. The topic's name is removed when
+    /// the publisher is dropped; subscribers attached by then read what is left.
+    ///
+    /// # Errors
+    /// [`CreateError::InvalidName`], [`CreateError::InvalidConfig`] (capacity not a power of
+    /// two, slot size out of range), [`CreateError::AlreadyExists`], [`CreateError::NoSpace`]
+    /// (the needed and available bytes), [`CreateError::Segment`] for other system errors.
+    pub fn create(self) -> Result<Publisher<T>, CreateError> {
+        let name =
+            self.bus
+                .segment_name(&self.topic)
+                .map_err(|reason| CreateError::InvalidName {
+                    topic: self.topic.clone(),
+                    reason,
+                })?;
+        let slot_size = T::fixed_size().map_or(self.slot_size.unwrap_or(4096), |s| s as u64);
+        let geometry = Geometry::for_config(
+            self.capacity,
+            slot_size,
+            T::align() as u64,
+            size_of::<TopicControl>() as u32,
+        )?;
+        let segment =
+            Segment::create(&name, geometry.total_size, self.bus.access).map_err(|e| match e {
+                SegmentError::AlreadyExists(_) => CreateError::AlreadyExists {
+                    topic: self.topic.clone(),
+                },
+                SegmentError::NoSpace { needed, available } => CreateError::NoSpace {
+                    topic: self.topic.clone(),
+                    needed,
+                    available,
+                },
+                e => CreateError::Segment(e),
+            })?;
+        let fingerprint = T::fingerprint(self.type_name.as_deref());
+        let pid = std::process::id();
+        let base = segment.base().as_ptr();
+        // SAFETY: `geometry` was computed for this segment's size: the control block lies in
+        // it, 128-aligned from a page-aligned base; zeroed memory is its initial state.
+        let control =
+            unsafe { &*(base.add(geometry.control_offset as usize) as *const TopicControl) };
+        control.peers.publisher.store(pid, Ordering::Relaxed);
+        // SAFETY: the segment is new (O_EXCL), mapped, page-aligned and larger than a header;
+        // nobody can see it as ready before this call marks it so.
+        unsafe { SegmentHeader::publish(base, &geometry, &fingerprint, pid) };
+        // SAFETY: the slot array lies at `slots_offset` in the mapping per `geometry`, and the
+        // mapping lives in `Publisher::segment`, which outlives the producer (field order).
+        let slots = unsafe {
+            MappedSlots::new(
+                segment.base().add(geometry.slots_offset as usize),
+                &geometry,
+            )
+        };
+        // SAFETY: the cursors are in the mapping (as above); this is the topic's only producer:
+        // it just created the segment with O_EXCL.
+        let producer = unsafe { Producer::new(&control.ring, slots) };
+        let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.space);
+        Ok(Publisher {
+            inner: Inner {
+                producer,
+                control,
+                wait: self.wait,
+                barrier_ok,
+                slot_size: geometry.slot_size,
+            },
+            topic: self.topic,
+            segment,
+            _type: PhantomData,
+        })
+    }
+}
+
+/// The state a loan needs, apart from the segment that keeps it mapped.
+#[derive(Debug)]
+struct Inner {
+    producer: Producer<MappedSlots>,
+    /// Points into `Publisher::segment`'s mapping, which outlives it.
+    control: *const TopicControl,
+    wait: WaitStrategy,
+    barrier_ok: bool,
+    slot_size: u32,
+}
+
+impl Inner {
+    #[inline(always)]
+    fn control(&self) -> &TopicControl {
+        // SAFETY: the control block is in the mapping, which outlives `Inner` (see `Publisher`).
+        unsafe { &*self.control }
+    }
+
+    #[inline]
+    fn claim(&mut self, deadline: Option<Instant>) -> Option<usize> {
+        if let Some(index) = self.producer.try_claim() {
+            return Some(index);
+        }
+        self.claim_slow(deadline)
+    }
+
+    #[cold]
+    fn claim_slow(&mut self, deadline: Option<Instant>) -> Option<usize> {
+        // SAFETY: the control block outlives this call (see `control`); borrowing it through the
+        // raw pointer leaves `self.producer` free for the closure.
+        let control = unsafe { &*self.control };
+        let (wait, barrier_ok) = (self.wait, self.barrier_ok);
+        let producer = &mut self.producer;
+        if wait::wait_until(wait, &control.space, barrier_ok, deadline, || {
+            producer.has_space()
+        }) {
+            self.producer.try_claim()
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, len: u32) {
+        self.producer.commit(len);
+        self.control().data.notify(&Futex);
+    }
+}
+
+/// The publisher of a topic: the only writer of its ring.
+///
+/// `Send` (it may move to another thread) but not `Sync`: loans take `&mut self`, so one
+/// thread at a time writes. Dropping it closes the topic: subscribers receive what is left,
+/// then [`RecvError::Disconnected`](crate::RecvError::Disconnected); the name is unlinked.
+#[derive(Debug)]
+pub struct Publisher<T: ?Sized> {
+    inner: Inner,
+    topic: String,
+    // Declared last: dropped after `inner`, whose pointers point into it.
+    segment: Segment,
+    _type: PhantomData<fn(&T)>,
+}
+
+// SAFETY: `Inner`'s raw pointer points into `segment`, which moves with it; the shared words
+// are all atomics, and the slots are this publisher's alone until sent.
+unsafe impl<T: ?Sized> Send for Publisher<T> {}
+
+impl<T: ?Sized> Publisher<T> {
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        use crate::ring::SlotStorage;
+        self.inner.producer.storage().capacity()
+    }
+
+    /// Sequence number the next message will get (messages sent so far).
+    pub fn next_seq(&self) -> u64 {
+        self.inner.producer.next_seq()
+    }
+
+    /// Largest payload in bytes.
+    pub fn slot_size(&self) -> usize {
+        self.inner.slot_size as usize
+    }
+
+    fn loan_at(&mut self, index: usize, len: u32) -> Loan<'_, T> {
+        Loan {
+            ptr: self.inner.producer.storage().payload_ptr(index),
+            len,
+            inner: &mut self.inner,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: bytemuck::Pod> Publisher<T> {
+    /// Loan the next slot without waiting: `Err(TryLoanError::Full)` when every slot holds a
+    /// message the subscriber has not released. Real-time safe: no allocation, lock or syscall.
+    ///
+    /// # Errors
+    /// [`TryLoanError::Full`].
+    #[inline]
+    pub fn try_loan(&mut self) -> Result<Loan<'_, T>, TryLoanError> {
+        match self.inner.producer.try_claim() {
+            Some(index) => Ok(self.loan_at(index, size_of::<T>() as u32)),
+            None => Err(TryLoanError::Full),
+        }
+    }
+
+    /// Loan the next slot, waiting (per the publisher's [`WaitStrategy`]) while the ring is
+    /// full. Waits for as long as it takes: see [`Publisher::loan_timeout`].
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for a closed topic.
+    #[inline]
+    pub fn loan(&mut self) -> Result<Loan<'_, T>, LoanError> {
+        match self.inner.claim(None) {
+            Some(index) => Ok(self.loan_at(index, size_of::<T>() as u32)),
+            None => Err(LoanError::Timeout),
+        }
+    }
+
+    /// Like [`Publisher::loan`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`LoanError::Timeout`].
+    pub fn loan_timeout(&mut self, timeout: Duration) -> Result<Loan<'_, T>, LoanError> {
+        match self.inner.claim(Some(Instant::now() + timeout)) {
+            Some(index) => Ok(self.loan_at(index, size_of::<T>() as u32)),
+            None => Err(LoanError::Timeout),
+        }
+    }
+
+    /// Copy `value` into the next slot and send it, without waiting.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] hands `value` back.
+    #[inline]
+    pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        match self.try_loan() {
+            Ok(mut loan) => {
+                loan.write(value);
+                loan.send();
+                Ok(())
+            }
+            Err(_) => Err(TrySendError::Full(value)),
+        }
+    }
+
+    /// Copy `value` into the next slot and send it, waiting while the ring is full.
+    #[inline]
+    pub fn send(&mut self, value: T) {
+        let index = self
+            .inner
+            .claim(None)
+            .expect("a wait without a deadline ends only with a slot");
+        let mut loan = self.loan_at(index, size_of::<T>() as u32);
+        loan.write(value);
+        loan.send();
+    }
+
+    /// Like [`Publisher::send`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`] hands `value` back.
+    pub fn send_timeout(&mut self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        match self.loan_timeout(timeout) {
+            Ok(mut loan) => {
+                loan.write(value);
+                loan.send();
+                Ok(())
+            }
+            Err(_) => Err(SendTimeoutError::Timeout(value)),
+        }
+    }
+}
+
+impl Publisher<[u8]> {
+    fn check_len(&self, len: usize) -> Result<u32, (usize, usize)> {
+        if len > self.slot_size() {
+            return Err((len, self.slot_size()));
+        }
+        Ok(len as u32)
+    }
+
+    /// Loan the next slot for a byte message of `len` bytes, without waiting.
+    ///
+    /// # Errors
+    /// [`TryLoanError::TooLarge`] if `len` exceeds the slot size (nothing is truncated);
+    /// [`TryLoanError::Full`].
+    pub fn try_loan_bytes(&mut self, len: usize) -> Result<Loan<'_, [u8]>, TryLoanError> {
+        let len = self
+            .check_len(len)
+            .map_err(|(len, max)| TryLoanError::TooLarge { len, max })?;
+        match self.inner.producer.try_claim() {
+            Some(index) => Ok(self.loan_at(index, len)),
+            None => Err(TryLoanError::Full),
+        }
+    }
+
+    /// Loan the next slot for a byte message of `len` bytes, waiting while the ring is full
+    /// (`timeout`: `None` waits for as long as it takes).
+    ///
+    /// # Errors
+    /// [`LoanError::TooLarge`]; [`LoanError::Timeout`].
+    pub fn loan_bytes(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Loan<'_, [u8]>, LoanError> {
+        let len = self
+            .check_len(len)
+            .map_err(|(len, max)| LoanError::TooLarge { len, max })?;
+        match self.inner.claim(timeout.map(|t| Instant::now() + t)) {
+            Some(index) => Ok(self.loan_at(index, len)),
+            None => Err(LoanError::Timeout),
+        }
+    }
+
+    /// Copy `bytes` into the next slot and send them, without waiting.
+    ///
+    /// # Errors
+    /// As [`Publisher::try_loan_bytes`].
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> Result<(), TryLoanError> {
+        let mut loan = self.try_loan_bytes(bytes.len())?;
+        loan.copy_from_slice(bytes);
+        loan.send();
+        Ok(())
+    }
+}
+
+impl<T: ?Sized> Drop for Publisher<T> {
+    fn drop(&mut self) {
+        let control = self.inner.control();
+        if self.inner.wait.may_sleep() {
+            control.space.lower_may_sleep();
+        }
+        // Release: pairs with the subscriber's Acquire load in `poll`: every message committed
+        // before this store is visible to a subscriber that sees the topic closed.
+        control.peers.publisher.store(0, Ordering::Release);
+        control.data.notify(&Futex);
+        let _ = segment::unlink(self.segment.name());
+    }
+}
+
+/// A slot of the ring, loaned to the publisher to write in place.
+///
+/// The slot holds whatever bytes it held before (an earlier message, or zeros): for a `Pod`
+/// type any bytes are a valid value, so the loan derefs to `T` at once. Write every field you
+/// need (or the whole value with [`Loan::write`]), then [`Loan::send`]. Dropping a loan unsent
+/// gives the slot back: nothing is published.
+///
+/// The publisher stays borrowed while a loan lives:
+/// ```compile_fail,E0499
+/// # let bus = shmbus::Bus::builder().prefix("doctest-loan.").build().unwrap();
+/// let mut publisher = bus.publisher::<u64>("t").create().unwrap();
+/// let loan = publisher.try_loan().unwrap();
+/// let second = publisher.try_loan(); // error: `publisher` is already borrowed by `loan`
+/// loan.send();
+/// ```
+#[must_use = "a loan publishes nothing until `send` is called"]
+pub struct Loan<'p, T: ?Sized> {
+    inner: &'p mut Inner,
+    ptr: *mut u8,
+    /// Bytes the message will have: `size_of::<T>()`, or the byte length asked for.
+    len: u32,
+    _type: PhantomData<&'p mut T>,
+}
+
+impl<T: ?Sized> Loan<'_, T> {
+    /// Publish the message: one Release store makes it visible, then a sleeping subscriber is
+    /// woken (a syscall only if one sleeps).
+    #[inline]
+    pub fn send(self) {
+        self.inner.commit(self.len);
+    }
+
+    /// The sequence number the message will have.
+    pub fn seq(&self) -> u64 {
+        self.inner.producer.next_seq()
+    }
+}
+
+impl<T: bytemuck::Pod> Loan<'_, T> {
+    /// Overwrite the whole slot with `value`.
+    #[inline]
+    pub fn write(&mut self, value: T) {
+        **self = value;
+    }
+}
+
+impl<T: bytemuck::Pod> Deref for Loan<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the slot's payload is aligned for `T` (the geometry's payload offset and stride
+        // are multiples of `align_of::<T>()`) and holds `size_of::<T>()` initialised bytes (the
+        // segment was zero-filled); any bytes are a valid `T` (`Pod`); the slot is the
+        // publisher's alone until `send` (the consumer released it).
+        unsafe { &*(self.ptr as *const T) }
+    }
+}
+
+impl<T: bytemuck::Pod> DerefMut for Loan<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`; `&mut self` makes the reference unique in this process.
+        unsafe { &mut *(self.ptr as *mut T) }
+    }
+}
+
+impl Deref for Loan<'_, [u8]> {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len <= slot_size` was checked when the loan was made; the slot's bytes are
+        // initialised and the publisher's alone until `send`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+    }
+}
+
+impl DerefMut for Loan<'_, [u8]> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `deref`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len as usize) }
+    }
+}

@@ -1,0 +1,236 @@
+//! One error type per operation. Refused messages are handed back; `Debug` never needs
+//! `T: Debug`; messages are lower-case.
+
+use crate::layout::{ConfigError, LayoutError, TypeFingerprint, FORMAT_VERSION};
+use crate::segment::{NameError, SegmentError};
+use std::fmt;
+
+/// Why a bus could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The name prefix is not a valid name.
+    #[error("invalid bus prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix.
+        prefix: String,
+        /// What is wrong with it.
+        reason: NameError,
+    },
+}
+
+/// Why a topic could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The topic name is not valid.
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        topic: String,
+        /// What is wrong with it.
+        reason: NameError,
+    },
+    /// Capacity, slot size or alignment cannot be built.
+    #[error("invalid topic configuration: {0}")]
+    InvalidConfig(#[from] ConfigError),
+    /// The topic exists already (its publisher is alive, or left it behind).
+    #[error("topic {topic:?} exists already")]
+    AlreadyExists {
+        /// The name.
+        topic: String,
+    },
+    /// The shared-memory filesystem cannot hold the topic.
+    #[error("no room for topic {topic:?}: it needs {needed} bytes, {available} are available")]
+    NoSpace {
+        /// The name.
+        topic: String,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// Another failure of the segment layer.
+    #[error(transparent)]
+    Segment(SegmentError),
+}
+
+/// Why a topic could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The topic name is not valid.
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        topic: String,
+        /// What is wrong with it.
+        reason: NameError,
+    },
+    /// No such topic.
+    #[error("no topic {topic:?}")]
+    NotFound {
+        /// The name.
+        topic: String,
+    },
+    /// The topic's creator has not finished initialising it (retry, or see `open_timeout`).
+    #[error("topic {topic:?} is not ready yet")]
+    NotReady {
+        /// The name.
+        topic: String,
+    },
+    /// The topic carries another type.
+    #[error("topic {topic:?} carries {found}, not {expected}")]
+    IncompatibleType {
+        /// The name.
+        topic: String,
+        /// What this subscriber expects.
+        expected: TypeFingerprint,
+        /// What the topic carries.
+        found: TypeFingerprint,
+    },
+    /// The segment was written by another format version.
+    #[error(
+        "topic {topic:?} has format version {found}; this build reads version {FORMAT_VERSION}"
+    )]
+    UnsupportedVersion {
+        /// The name.
+        topic: String,
+        /// The version found.
+        found: u32,
+    },
+    /// The segment is too small to hold a header.
+    #[error("topic {topic:?} is too small ({size} bytes) to be a shmbus segment")]
+    TooSmall {
+        /// The name.
+        topic: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The segment is not a valid shmbus segment: its header is not shmbus's or its fields
+    /// disagree with each other.
+    #[error("topic {topic:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The name.
+        topic: String,
+        /// What is wrong.
+        reason: LayoutError,
+    },
+    /// Another subscriber is attached (this ring has room for one).
+    #[error("topic {topic:?} already has a subscriber (pid {pid})")]
+    Busy {
+        /// The name.
+        topic: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// Another failure of the segment layer (owner, mode, permissions, I/O).
+    #[error(transparent)]
+    Segment(SegmentError),
+}
+
+/// Why a slot could not be loaned without waiting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryLoanError {
+    /// Every slot holds a message the subscriber has not released.
+    #[error("ring is full")]
+    Full,
+    /// A byte message longer than the slot size.
+    #[error("message of {len} bytes exceeds the slot size of {max}")]
+    TooLarge {
+        /// Requested length.
+        len: usize,
+        /// The slot size.
+        max: usize,
+    },
+}
+
+/// Why a blocking loan failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoanError {
+    /// No slot became free before the deadline.
+    #[error("timed out waiting for a free slot")]
+    Timeout,
+    /// A byte message longer than the slot size.
+    #[error("message of {len} bytes exceeds the slot size of {max}")]
+    TooLarge {
+        /// Requested length.
+        len: usize,
+        /// The slot size.
+        max: usize,
+    },
+}
+
+/// `try_send` found the ring full; the message is handed back.
+#[derive(PartialEq, Eq, Clone, Copy, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError<T> {
+    /// The ring is full.
+    #[error("ring is full")]
+    Full(T),
+}
+
+impl<T> TrySendError<T> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(t) => t,
+        }
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+        }
+    }
+}
+
+/// `send_timeout` found no free slot in time; the message is handed back.
+#[derive(PartialEq, Eq, Clone, Copy, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendTimeoutError<T> {
+    /// The deadline passed with the ring still full.
+    #[error("timed out waiting for a free slot")]
+    Timeout(T),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(t) => t,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+        }
+    }
+}
+
+/// Why a receive failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The publisher closed the topic and every message it sent has been received.
+    #[error("the publisher has closed the topic")]
+    Disconnected,
+    /// A message whose slot header is invalid (a buggy or hostile publisher). It was skipped;
+    /// the next receive goes on with the next message.
+    #[error("message {seq} is corrupt: length {len} where {expected} was allowed")]
+    Corrupt {
+        /// Its sequence number.
+        seq: u64,
+        /// The length its slot claimed.
+        len: u32,
+        /// The length allowed (the type's size, or at most the slot size for bytes).
+        expected: u32,
+    },
+}

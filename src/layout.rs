@@ -1,0 +1,684 @@
+//! The on-memory format of a topic's segment: a header, a control block and a slot array.
+//!
+//! ```text
+//! offset 0                 HEADER_SIZE (256)      control_offset + control_size
+//! | SegmentHeader ........ | control block ...... | slot 0 | slot 1 | ... | slot capacity-1 |
+//!                          ^ control_offset        ^ slots_offset (64-aligned)
+//! slot i = [SlotHeader: stamp u32, len u32][pad to payload_offset][payload: slot_size bytes][pad]
+//! ```
+//!
+//! Everything the header says is computed in one place ([`Geometry::for_config`]) when a segment
+//! is created, and checked in one place ([`Geometry::validate`]) when it is opened. A segment is
+//! written by other processes, any of which may be buggy or hostile, so validation treats every
+//! byte as untrusted: each field is read exactly once (into [`HeaderValues`]), every offset and
+//! size is checked with overflow-checked arithmetic against the mapped length, and only a
+//! [`Geometry`] that passed all checks is ever used to compute an address.
+//!
+//! This module computes and checks; it never maps, opens or allocates.
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// `b"SHMBUS\0\x01"` read as a little-endian `u64`: the first 8 bytes of every segment.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\x01");
+/// The format version this build reads and writes. Bumped on any change of the layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of [`SegmentHeader`] as reserved at the start of the segment.
+pub const HEADER_SIZE: usize = 256;
+/// Value of `state` once the creator has initialised everything: `b"REDY"`.
+pub const STATE_READY: u32 = u32::from_le_bytes(*b"REDY");
+/// `ring_kind` of a single-producer single-consumer ring.
+pub const RING_SPSC: u32 = 1;
+/// Largest number of slots a ring may have.
+pub const MAX_CAPACITY: u64 = 1 << 24;
+/// Largest payload a slot may hold: 16 MiB.
+pub const MAX_SLOT_SIZE: u32 = 16 << 20;
+/// Largest payload alignment a slot supports.
+pub const MAX_ALIGN: u32 = 4096;
+/// Size of the per-slot header (`stamp`, `len`).
+pub const SLOT_HEADER_SIZE: u32 = 8;
+/// Largest segment this build creates or opens (64 GiB): keeps every offset well inside `u64`
+/// and `usize` arithmetic.
+pub const MAX_SEGMENT_SIZE: u64 = 64 << 30;
+/// Bytes of a type's name kept in the header (for error messages; the hash decides).
+pub const TYPE_NAME_LEN: usize = 64;
+/// Alignment of the control block (what `crossbeam_utils::CachePadded` needs on x86-64).
+pub const CONTROL_ALIGN: u64 = 128;
+/// Alignment of the slot array.
+pub const SLOTS_ALIGN: u64 = 64;
+
+/// Whether a topic carries one fixed-size `Pod` type or byte messages of variable length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum PayloadKind {
+    /// Every message is one value of a `bytemuck::Pod` type.
+    Typed = 1,
+    /// Messages are byte strings of any length up to the slot size.
+    Bytes = 2,
+}
+
+/// What a topic's messages are: checked on open so that a subscriber of another type gets
+/// [`OpenError::IncompatibleType`](crate::OpenError::IncompatibleType), not garbage.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeFingerprint {
+    /// Typed or bytes.
+    pub kind: PayloadKind,
+    /// `size_of` the type (0 for bytes).
+    pub size: u64,
+    /// `align_of` the type (1 for bytes).
+    pub align: u32,
+    /// FNV-1a hash of the type's name (or of the schema name the user gave).
+    pub name_hash: u64,
+    /// The first [`TYPE_NAME_LEN`] bytes of that name, zero-padded.
+    pub name: [u8; TYPE_NAME_LEN],
+}
+
+impl TypeFingerprint {
+    /// The fingerprint of a `Pod` type under a name (by default `std::any::type_name::<T>()`).
+    pub fn typed<T>(name: &str) -> Self {
+        Self::new(
+            PayloadKind::Typed,
+            size_of::<T>() as u64,
+            align_of::<T>() as u32,
+            name,
+        )
+    }
+
+    /// The fingerprint of a byte topic.
+    pub fn bytes() -> Self {
+        Self::new(PayloadKind::Bytes, 0, 1, "[u8]")
+    }
+
+    fn new(kind: PayloadKind, size: u64, align: u32, name: &str) -> Self {
+        let mut short = [0u8; TYPE_NAME_LEN];
+        let n = name.len().min(TYPE_NAME_LEN);
+        short[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Self {
+            kind,
+            size,
+            align,
+            name_hash: fnv1a(name.as_bytes()),
+            name: short,
+        }
+    }
+
+    /// The stored name, as far as it is valid UTF-8.
+    pub fn name(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TYPE_NAME_LEN);
+        match std::str::from_utf8(&self.name[..end]) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&self.name[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
+
+impl std::fmt::Debug for TypeFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} `{}` (size {}, align {}, hash {:016x})",
+            self.kind,
+            self.name(),
+            self.size,
+            self.align,
+            self.name_hash
+        )
+    }
+}
+
+impl std::fmt::Display for TypeFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            PayloadKind::Bytes => f.write_str("bytes"),
+            PayloadKind::Typed => write!(
+                f,
+                "`{}` (size {}, align {})",
+                self.name(),
+                self.size,
+                self.align
+            ),
+        }
+    }
+}
+
+/// 64-bit FNV-1a: a small, stable hash (the same in every build and process).
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// The segment header as it lies in shared memory.
+///
+/// Every field is an atomic, read with `Relaxed` loads after the `Acquire` load of `state`: the
+/// header is written once by the creator, but a hostile peer may write it at any time, and a
+/// plain read racing such a write would be a data race. Nothing here is `Pod` (see STYLE.md 12).
+#[repr(C)]
+pub(crate) struct SegmentHeader {
+    magic: AtomicU64,
+    version: AtomicU32,
+    /// 0 while the creator initialises; [`STATE_READY`] after (Release, pairs with the Acquire
+    /// load in `HeaderValues::read`: every other field is visible before `state` says ready).
+    state: AtomicU32,
+    ring_kind: AtomicU32,
+    header_size: AtomicU32,
+    total_size: AtomicU64,
+    capacity: AtomicU64,
+    slot_size: AtomicU32,
+    slot_stride: AtomicU32,
+    payload_offset: AtomicU32,
+    control_size: AtomicU32,
+    control_offset: AtomicU64,
+    slots_offset: AtomicU64,
+    creator_pid: AtomicU32,
+    fp_kind: AtomicU32,
+    fp_size: AtomicU64,
+    fp_align: AtomicU32,
+    _reserved: AtomicU32,
+    fp_name_hash: AtomicU64,
+    fp_name: [AtomicU64; TYPE_NAME_LEN / 8],
+}
+
+const _: () = assert!(size_of::<SegmentHeader>() <= HEADER_SIZE);
+
+/// The header's fields, each read once from shared memory into a local. Not yet validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderValues {
+    /// Must equal [`MAGIC`].
+    pub magic: u64,
+    /// Must equal [`FORMAT_VERSION`].
+    pub version: u32,
+    /// Must equal [`STATE_READY`].
+    pub state: u32,
+    /// Which ring algorithm the slots belong to.
+    pub ring_kind: u32,
+    /// Must equal [`HEADER_SIZE`].
+    pub header_size: u32,
+    /// The segment's size as its creator computed it.
+    pub total_size: u64,
+    /// Number of slots.
+    pub capacity: u64,
+    /// Largest payload in bytes.
+    pub slot_size: u32,
+    /// Distance between two slots.
+    pub slot_stride: u32,
+    /// Offset of the payload inside a slot.
+    pub payload_offset: u32,
+    /// Size of the control block.
+    pub control_size: u32,
+    /// Offset of the control block.
+    pub control_offset: u64,
+    /// Offset of slot 0.
+    pub slots_offset: u64,
+    /// Pid of the creating process.
+    pub creator_pid: u32,
+    /// Raw payload kind.
+    pub fp_kind: u32,
+    /// Raw type size.
+    pub fp_size: u64,
+    /// Raw type alignment.
+    pub fp_align: u32,
+    /// Raw type name hash.
+    pub fp_name_hash: u64,
+    /// Raw type name bytes.
+    pub fp_name: [u8; TYPE_NAME_LEN],
+}
+
+impl HeaderValues {
+    /// Read every field once.
+    ///
+    /// # Safety
+    /// `base` must be 8-aligned and valid for reads of [`HEADER_SIZE`] bytes for the duration of
+    /// the call (other processes may write those bytes concurrently: all reads are atomic).
+    pub unsafe fn read(base: *const u8) -> Self {
+        // SAFETY: the caller guarantees `HEADER_SIZE >= size_of::<SegmentHeader>()` readable,
+        // 8-aligned bytes; every field is an atomic, for which any bit pattern is valid, and
+        // shared references to atomics permit concurrent writes by others.
+        let h = unsafe { &*(base as *const SegmentHeader) };
+        // Acquire: pairs with the Release store of `state` in `SegmentHeader::publish`; the
+        // fields below are read after it.
+        let state = h.state.load(Ordering::Acquire);
+        let mut fp_name = [0u8; TYPE_NAME_LEN];
+        for (chunk, word) in fp_name.chunks_exact_mut(8).zip(&h.fp_name) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        Self {
+            magic: h.magic.load(Ordering::Relaxed),
+            version: h.version.load(Ordering::Relaxed),
+            state,
+            ring_kind: h.ring_kind.load(Ordering::Relaxed),
+            header_size: h.header_size.load(Ordering::Relaxed),
+            total_size: h.total_size.load(Ordering::Relaxed),
+            capacity: h.capacity.load(Ordering::Relaxed),
+            slot_size: h.slot_size.load(Ordering::Relaxed),
+            slot_stride: h.slot_stride.load(Ordering::Relaxed),
+            payload_offset: h.payload_offset.load(Ordering::Relaxed),
+            control_size: h.control_size.load(Ordering::Relaxed),
+            control_offset: h.control_offset.load(Ordering::Relaxed),
+            slots_offset: h.slots_offset.load(Ordering::Relaxed),
+            creator_pid: h.creator_pid.load(Ordering::Relaxed),
+            fp_kind: h.fp_kind.load(Ordering::Relaxed),
+            fp_size: h.fp_size.load(Ordering::Relaxed),
+            fp_align: h.fp_align.load(Ordering::Relaxed),
+            fp_name_hash: h.fp_name_hash.load(Ordering::Relaxed),
+            fp_name,
+        }
+    }
+
+    /// The fingerprint the header claims, if its kind is known.
+    pub fn fingerprint(&self) -> Option<TypeFingerprint> {
+        let kind = match self.fp_kind {
+            1 => PayloadKind::Typed,
+            2 => PayloadKind::Bytes,
+            _ => return None,
+        };
+        Some(TypeFingerprint {
+            kind,
+            size: self.fp_size,
+            align: self.fp_align,
+            name_hash: self.fp_name_hash,
+            name: self.fp_name,
+        })
+    }
+}
+
+/// Why a segment's header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// The mapping is smaller than a header.
+    #[error("segment of {size} bytes is too small for a {HEADER_SIZE}-byte header")]
+    TooSmall {
+        /// Size of the segment.
+        size: u64,
+    },
+    /// The first bytes are not shmbus's magic: not a shmbus segment.
+    #[error("not a shmbus segment (magic {found:#018x})")]
+    BadMagic {
+        /// What was found.
+        found: u64,
+    },
+    /// Written by another version of the format.
+    #[error("segment format version {found}, this build reads version {FORMAT_VERSION}")]
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u32,
+    },
+    /// The creator has not finished initialising (or died while doing so).
+    #[error("segment is not ready (its creator has not finished initialising it)")]
+    NotReady,
+    /// The header describes a ring kind this build does not know.
+    #[error("unknown ring kind {found}")]
+    UnknownRingKind {
+        /// The kind in the header.
+        found: u32,
+    },
+    /// The fields disagree with each other or with the segment's size.
+    #[error("inconsistent header: {0}")]
+    Inconsistent(&'static str),
+}
+
+/// A segment's geometry: every offset and size needed to address the control block and the
+/// slots, all checked against each other and the mapping's length.
+///
+/// Invariants (established by [`Geometry::for_config`] and [`Geometry::validate`], the only
+/// constructors): `capacity` is a power of two in `2..=MAX_CAPACITY`; `payload_offset >= 8` is a
+/// power of two, a multiple of the payload alignment; `slot_stride >= payload_offset + slot_size`
+/// and a multiple of 8; `control_offset + control_size <= slots_offset`;
+/// `slots_offset + capacity * slot_stride <= total_size <= MAX_SEGMENT_SIZE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Number of slots, a power of two.
+    pub capacity: u64,
+    /// Largest payload in bytes.
+    pub slot_size: u32,
+    /// Distance between slots in bytes.
+    pub slot_stride: u32,
+    /// Offset of the payload inside a slot.
+    pub payload_offset: u32,
+    /// Offset of the control block from the segment's start.
+    pub control_offset: u64,
+    /// Size of the control block.
+    pub control_size: u32,
+    /// Offset of slot 0 from the segment's start.
+    pub slots_offset: u64,
+    /// The whole segment's size.
+    pub total_size: u64,
+}
+
+/// Why a requested topic shape cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Capacity must be a power of two between 2 and [`MAX_CAPACITY`].
+    #[error("capacity {0} is not a power of two between 2 and {MAX_CAPACITY}")]
+    Capacity(u64),
+    /// Slot size must be between 1 and [`MAX_SLOT_SIZE`].
+    #[error("slot size {0} is not between 1 and {MAX_SLOT_SIZE} bytes")]
+    SlotSize(u64),
+    /// The payload type's alignment is above [`MAX_ALIGN`].
+    #[error("payload alignment {0} is above {MAX_ALIGN}")]
+    Align(u64),
+    /// The whole segment would exceed [`MAX_SEGMENT_SIZE`].
+    #[error("a segment of {capacity} slots of {slot_size} bytes exceeds the {MAX_SEGMENT_SIZE}-byte limit")]
+    TooLarge {
+        /// Requested capacity.
+        capacity: u64,
+        /// Requested slot size.
+        slot_size: u64,
+    },
+}
+
+const fn align_up(x: u64, to: u64) -> Option<u64> {
+    // `to` is a power of two here.
+    match x.checked_add(to - 1) {
+        Some(v) => Some(v & !(to - 1)),
+        None => None,
+    }
+}
+
+impl Geometry {
+    /// The geometry of a new segment holding `capacity` slots of `slot_size` payload bytes each,
+    /// aligned to `align`, behind a control block of `control_size` bytes.
+    pub fn for_config(
+        capacity: u64,
+        slot_size: u64,
+        align: u64,
+        control_size: u32,
+    ) -> Result<Self, ConfigError> {
+        if !capacity.is_power_of_two() || !(2..=MAX_CAPACITY).contains(&capacity) {
+            return Err(ConfigError::Capacity(capacity));
+        }
+        if !(1..=MAX_SLOT_SIZE as u64).contains(&slot_size) {
+            return Err(ConfigError::SlotSize(slot_size));
+        }
+        if !align.is_power_of_two() || align > MAX_ALIGN as u64 {
+            return Err(ConfigError::Align(align));
+        }
+        let too_large = ConfigError::TooLarge {
+            capacity,
+            slot_size,
+        };
+        let payload_offset = align.max(SLOT_HEADER_SIZE as u64);
+        let slot_stride = align_up(payload_offset + slot_size, payload_offset)
+            .filter(|&s| s <= u32::MAX as u64)
+            .ok_or(too_large.clone())?;
+        let control_offset = align_up(HEADER_SIZE as u64, CONTROL_ALIGN).expect("small constant");
+        let slots_offset = align_up(control_offset + control_size as u64, SLOTS_ALIGN.max(align))
+            .expect("small values");
+        let total_size = capacity
+            .checked_mul(slot_stride)
+            .and_then(|s| s.checked_add(slots_offset))
+            .filter(|&t| t <= MAX_SEGMENT_SIZE)
+            .ok_or(too_large)?;
+        Ok(Self {
+            capacity,
+            slot_size: slot_size as u32,
+            slot_stride: slot_stride as u32,
+            payload_offset: payload_offset as u32,
+            control_offset,
+            control_size,
+            slots_offset,
+            total_size,
+        })
+    }
+
+    /// Check a header read from a segment of `mapped_len` bytes, expecting a control block of
+    /// `control_size` bytes. Every field is checked against the others and against the mapping:
+    /// the result can address nothing outside `0..mapped_len`.
+    ///
+    /// The checks run in the order a user would want to hear about problems: not a segment at
+    /// all, then another version, then not ready, then inconsistent.
+    pub fn validate(
+        h: &HeaderValues,
+        mapped_len: u64,
+        control_size: u32,
+    ) -> Result<Self, LayoutError> {
+        use LayoutError::Inconsistent;
+        if mapped_len < HEADER_SIZE as u64 {
+            return Err(LayoutError::TooSmall { size: mapped_len });
+        }
+        if h.magic != MAGIC {
+            return Err(LayoutError::BadMagic { found: h.magic });
+        }
+        if h.version != FORMAT_VERSION {
+            return Err(LayoutError::UnsupportedVersion { found: h.version });
+        }
+        if h.state != STATE_READY {
+            return Err(LayoutError::NotReady);
+        }
+        if h.ring_kind != RING_SPSC {
+            return Err(LayoutError::UnknownRingKind { found: h.ring_kind });
+        }
+        if h.header_size as usize != HEADER_SIZE {
+            return Err(Inconsistent("header size differs from this build's"));
+        }
+        if h.total_size != mapped_len {
+            return Err(Inconsistent(
+                "recorded size differs from the segment's size",
+            ));
+        }
+        if !h.capacity.is_power_of_two() || !(2..=MAX_CAPACITY).contains(&h.capacity) {
+            return Err(Inconsistent("capacity is not a power of two in range"));
+        }
+        if !(1..=MAX_SLOT_SIZE).contains(&h.slot_size) {
+            return Err(Inconsistent("slot size out of range"));
+        }
+        if !h.payload_offset.is_power_of_two()
+            || !(SLOT_HEADER_SIZE..=MAX_ALIGN).contains(&h.payload_offset)
+        {
+            return Err(Inconsistent("payload offset out of range"));
+        }
+        let min_stride = h.payload_offset as u64 + h.slot_size as u64;
+        if (h.slot_stride as u64) < min_stride || h.slot_stride % 8 != 0 {
+            return Err(Inconsistent(
+                "slot stride smaller than a slot, or unaligned",
+            ));
+        }
+        if h.control_size != control_size {
+            return Err(Inconsistent("control block size differs from this build's"));
+        }
+        if h.control_offset < HEADER_SIZE as u64 || h.control_offset % CONTROL_ALIGN != 0 {
+            return Err(Inconsistent(
+                "control block offset overlaps the header or is unaligned",
+            ));
+        }
+        let control_end = h.control_offset.checked_add(control_size as u64);
+        if control_end.is_none_or(|end| end > h.slots_offset) {
+            return Err(Inconsistent("control block overlaps the slots"));
+        }
+        if h.slots_offset % SLOTS_ALIGN != 0 || h.slots_offset % h.payload_offset as u64 != 0 {
+            return Err(Inconsistent("slot array is unaligned"));
+        }
+        let slots_end = h
+            .capacity
+            .checked_mul(h.slot_stride as u64)
+            .and_then(|s| s.checked_add(h.slots_offset));
+        if slots_end.is_none_or(|end| end > mapped_len) || mapped_len > MAX_SEGMENT_SIZE {
+            return Err(Inconsistent("slots extend past the end of the segment"));
+        }
+        Ok(Self {
+            capacity: h.capacity,
+            slot_size: h.slot_size,
+            slot_stride: h.slot_stride,
+            payload_offset: h.payload_offset,
+            control_offset: h.control_offset,
+            control_size,
+            slots_offset: h.slots_offset,
+            total_size: mapped_len,
+        })
+    }
+}
+
+impl SegmentHeader {
+    /// Write a new header for `geometry` and `fingerprint`, then mark it ready.
+    ///
+    /// # Safety
+    /// `base` must be 8-aligned and valid for writes of [`HEADER_SIZE`] bytes; the segment must
+    /// not yet be visible as ready to anyone (it was just created with `O_EXCL`).
+    pub(crate) unsafe fn publish(
+        base: *mut u8,
+        geometry: &Geometry,
+        fingerprint: &TypeFingerprint,
+        creator_pid: u32,
+    ) {
+        // SAFETY: see the function's contract; the fields are atomics, valid for any bytes.
+        let h = unsafe { &*(base as *const SegmentHeader) };
+        let r = Ordering::Relaxed;
+        h.magic.store(MAGIC, r);
+        h.version.store(FORMAT_VERSION, r);
+        h.ring_kind.store(RING_SPSC, r);
+        h.header_size.store(HEADER_SIZE as u32, r);
+        h.total_size.store(geometry.total_size, r);
+        h.capacity.store(geometry.capacity, r);
+        h.slot_size.store(geometry.slot_size, r);
+        h.slot_stride.store(geometry.slot_stride, r);
+        h.payload_offset.store(geometry.payload_offset, r);
+        h.control_size.store(geometry.control_size, r);
+        h.control_offset.store(geometry.control_offset, r);
+        h.slots_offset.store(geometry.slots_offset, r);
+        h.creator_pid.store(creator_pid, r);
+        h.fp_kind.store(fingerprint.kind as u32, r);
+        h.fp_size.store(fingerprint.size, r);
+        h.fp_align.store(fingerprint.align, r);
+        h.fp_name_hash.store(fingerprint.name_hash, r);
+        for (word, chunk) in h.fp_name.iter().zip(fingerprint.name.chunks_exact(8)) {
+            word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), r);
+        }
+        // Release: pairs with the Acquire load of `state` in `HeaderValues::read`, so an opener
+        // that sees READY sees every field above (and the zeroed control block and slots).
+        h.state.store(STATE_READY, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_for(g: &Geometry) -> HeaderValues {
+        let fp = TypeFingerprint::typed::<u64>("u64");
+        HeaderValues {
+            magic: MAGIC,
+            version: FORMAT_VERSION,
+            state: STATE_READY,
+            ring_kind: RING_SPSC,
+            header_size: HEADER_SIZE as u32,
+            total_size: g.total_size,
+            capacity: g.capacity,
+            slot_size: g.slot_size,
+            slot_stride: g.slot_stride,
+            payload_offset: g.payload_offset,
+            control_size: g.control_size,
+            control_offset: g.control_offset,
+            slots_offset: g.slots_offset,
+            creator_pid: 1,
+            fp_kind: 1,
+            fp_size: fp.size,
+            fp_align: fp.align,
+            fp_name_hash: fp.name_hash,
+            fp_name: fp.name,
+        }
+    }
+
+    #[test]
+    fn a_computed_geometry_validates() {
+        for (cap, size, align) in [(2, 1, 1), (1024, 64, 8), (8, 65536, 16), (4, 3, 4096)] {
+            let g = Geometry::for_config(cap, size, align, 640).unwrap();
+            assert_eq!(
+                Geometry::validate(&header_for(&g), g.total_size, 640),
+                Ok(g)
+            );
+            assert_eq!(g.payload_offset as u64 % align, 0);
+            assert!(g.slot_stride as u64 >= g.payload_offset as u64 + size);
+        }
+    }
+
+    #[test]
+    fn an_eight_byte_message_takes_sixteen_bytes() {
+        let g = Geometry::for_config(1024, 8, 8, 640).unwrap();
+        assert_eq!(g.slot_stride, 16);
+        assert_eq!(g.payload_offset, 8);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        assert_eq!(
+            Geometry::for_config(3, 8, 8, 0),
+            Err(ConfigError::Capacity(3))
+        );
+        assert_eq!(
+            Geometry::for_config(1, 8, 8, 0),
+            Err(ConfigError::Capacity(1))
+        );
+        assert_eq!(
+            Geometry::for_config(4, 0, 8, 0),
+            Err(ConfigError::SlotSize(0))
+        );
+        assert!(matches!(
+            Geometry::for_config(MAX_CAPACITY, MAX_SLOT_SIZE as u64, 8, 0),
+            Err(ConfigError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn each_inconsistency_is_refused() {
+        let g = Geometry::for_config(16, 64, 8, 640).unwrap();
+        let ok = header_for(&g);
+        let len = g.total_size;
+        let check = |f: &dyn Fn(&mut HeaderValues), mapped: u64| {
+            let mut h = ok;
+            f(&mut h);
+            Geometry::validate(&h, mapped, 640)
+        };
+        assert_eq!(
+            check(&|_| {}, 100),
+            Err(LayoutError::TooSmall { size: 100 })
+        );
+        assert!(matches!(
+            check(&|h| h.magic = 7, len),
+            Err(LayoutError::BadMagic { found: 7 })
+        ));
+        assert_eq!(
+            check(&|h| h.version = 9, len),
+            Err(LayoutError::UnsupportedVersion { found: 9 })
+        );
+        assert_eq!(check(&|h| h.state = 0, len), Err(LayoutError::NotReady));
+        let inconsistent: [&dyn Fn(&mut HeaderValues); 10] = [
+            &|h| h.capacity = 12,
+            &|h| h.capacity = 0,
+            &|h| h.slot_size = 0,
+            &|h| h.slot_size = MAX_SLOT_SIZE + 1,
+            &|h| h.slot_stride = 8,
+            &|h| h.payload_offset = 3,
+            &|h| h.control_offset = 0,
+            &|h| h.slots_offset = h.control_offset,
+            &|h| h.capacity = 1 << 20,
+            &|h| h.total_size += 64,
+        ];
+        for f in inconsistent {
+            assert!(
+                matches!(check(f, len), Err(LayoutError::Inconsistent(_))),
+                "{:?}",
+                check(f, len)
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprints_tell_types_apart() {
+        let a = TypeFingerprint::typed::<u64>("a::Tick");
+        let b = TypeFingerprint::typed::<u64>("b::Tick");
+        assert_ne!(a, b);
+        assert_eq!(a, TypeFingerprint::typed::<u64>("a::Tick"));
+        assert_ne!(a, TypeFingerprint::typed::<u32>("a::Tick"));
+        assert_eq!(a.name(), "a::Tick");
+    }
+}

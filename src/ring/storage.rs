@@ -1,0 +1,195 @@
+//! Where a ring's slots live: in a mapped segment, or on the heap (tests, loom).
+
+use crate::sync::{AtomicU32, UnsafeCell};
+
+/// A ring's slot array: for each slot index below `capacity`, a stamp word, a length word and
+/// `slot_size` payload bytes.
+///
+/// # Safety
+/// Implementors guarantee that for every `index < capacity()`, `stamp(index)` and `len(index)`
+/// are valid, and that the pointer handed to the closures of `with_payload` and
+/// `with_payload_mut` is valid for reads (and writes) of `slot_size()` bytes and aligned to the
+/// payload alignment the ring was built for. Callers must pass `index < capacity()`.
+pub unsafe trait SlotStorage {
+    /// Number of slots: a power of two.
+    fn capacity(&self) -> u64;
+    /// Bytes of payload a slot holds.
+    fn slot_size(&self) -> u32;
+    /// The slot's stamp (see `ring::stamp_for`).
+    fn stamp(&self, index: usize) -> &AtomicU32;
+    /// The length of the message in the slot.
+    fn len(&self, index: usize) -> &AtomicU32;
+    /// Read the slot's payload through a pointer valid for the closure's duration.
+    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R;
+    /// Write the slot's payload through a pointer valid for the closure's duration.
+    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R;
+}
+
+// SAFETY: forwards to `S`, whose guarantees hold through a shared pointer.
+unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn slot_size(&self) -> u32 {
+        (**self).slot_size()
+    }
+    fn stamp(&self, index: usize) -> &AtomicU32 {
+        (**self).stamp(index)
+    }
+    fn len(&self, index: usize) -> &AtomicU32 {
+        (**self).len(index)
+    }
+    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
+        (**self).with_payload(index, f)
+    }
+    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+        (**self).with_payload_mut(index, f)
+    }
+}
+
+/// Slots in a mapped segment: `slot i` starts at `base + i * stride`, with its stamp and length
+/// words first and its payload at `payload_offset`.
+#[cfg(not(shmbus_loom))]
+#[derive(Debug)]
+pub struct MappedSlots {
+    base: std::ptr::NonNull<u8>,
+    /// Distance between slots; `>= payload_offset + slot_size`, a multiple of 8.
+    stride: usize,
+    /// Offset of the payload in a slot; `>= 8`, a multiple of the payload's alignment.
+    payload_offset: usize,
+    capacity: u64,
+    slot_size: u32,
+}
+
+// SAFETY: `MappedSlots` is a view of shared memory that every access reaches through atomics
+// (stamp, len) or through the ring protocol, which hands each slot to one side at a time; the
+// pointer is not tied to the creating thread.
+#[cfg(not(shmbus_loom))]
+unsafe impl Send for MappedSlots {}
+
+#[cfg(not(shmbus_loom))]
+impl MappedSlots {
+    /// # Safety
+    /// `base` must point to the slot array of a segment whose geometry is `g` (checked by
+    /// `Geometry::validate` or computed by `Geometry::for_config`), mapped and 64-aligned, and
+    /// stay mapped for as long as the `MappedSlots` lives.
+    pub(crate) unsafe fn new(base: std::ptr::NonNull<u8>, g: &crate::layout::Geometry) -> Self {
+        Self {
+            base,
+            stride: g.slot_stride as usize,
+            payload_offset: g.payload_offset as usize,
+            capacity: g.capacity,
+            slot_size: g.slot_size,
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self, index: usize) -> *mut u8 {
+        debug_assert!((index as u64) < self.capacity);
+        // SAFETY: `index < capacity` (the trait's contract for callers), and the geometry puts
+        // `capacity * stride` bytes of slots after `base` inside the mapping.
+        unsafe { self.base.as_ptr().add(index * self.stride) }
+    }
+
+    /// Pointer to the payload of slot `index` (`index < capacity`), valid while the segment is
+    /// mapped. For guards that hand the payload to the user in place.
+    #[inline(always)]
+    pub fn payload_ptr(&self, index: usize) -> *mut u8 {
+        // SAFETY: `payload_offset + slot_size <= stride`, so the payload is inside the slot.
+        unsafe { self.slot(index).add(self.payload_offset) }
+    }
+}
+
+// SAFETY: `new`'s contract gives a mapped slot array of `capacity * stride` bytes; each slot
+// starts 8-aligned with the stamp and length words, and its payload lies within it.
+#[cfg(not(shmbus_loom))]
+unsafe impl SlotStorage for MappedSlots {
+    #[inline(always)]
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    #[inline(always)]
+    fn slot_size(&self) -> u32 {
+        self.slot_size
+    }
+
+    #[inline(always)]
+    fn stamp(&self, index: usize) -> &AtomicU32 {
+        // SAFETY: the slot starts 8-aligned inside the mapping with a 4-byte stamp word; an
+        // `AtomicU32` is valid for any bits, and other processes only touch it atomically.
+        unsafe { &*(self.slot(index) as *const AtomicU32) }
+    }
+
+    #[inline(always)]
+    fn len(&self, index: usize) -> &AtomicU32 {
+        // SAFETY: as for `stamp`, at offset 4 of the slot header.
+        unsafe { &*(self.slot(index).add(4) as *const AtomicU32) }
+    }
+
+    #[inline(always)]
+    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
+        f(self.payload_ptr(index))
+    }
+
+    #[inline(always)]
+    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+        f(self.payload_ptr(index))
+    }
+}
+
+/// Slots on the heap, for in-process tests and loom models. Each payload lives in a cell whose
+/// accesses loom tracks, so a read that races a write fails the model.
+#[derive(Debug)]
+pub struct HeapSlots {
+    stamps: Box<[AtomicU32]>,
+    lens: Box<[AtomicU32]>,
+    payloads: Box<[UnsafeCell<[u64; HEAP_SLOT_WORDS]>]>,
+}
+
+/// Payload words of a heap slot: 8 bytes are enough for the models.
+const HEAP_SLOT_WORDS: usize = 1;
+
+impl HeapSlots {
+    /// `capacity` slots (a power of two, at least 2) of 8 bytes each.
+    ///
+    /// # Panics
+    /// If `capacity` is not a power of two of at least 2.
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity.is_power_of_two() && capacity >= 2);
+        Self {
+            stamps: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            lens: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            payloads: (0..capacity)
+                .map(|_| UnsafeCell::new([0; HEAP_SLOT_WORDS]))
+                .collect(),
+        }
+    }
+}
+
+// SAFETY: every index below `capacity` has a stamp, a length and an 8-aligned 8-byte payload.
+unsafe impl SlotStorage for HeapSlots {
+    fn capacity(&self) -> u64 {
+        self.stamps.len() as u64
+    }
+
+    fn slot_size(&self) -> u32 {
+        (HEAP_SLOT_WORDS * 8) as u32
+    }
+
+    fn stamp(&self, index: usize) -> &AtomicU32 {
+        &self.stamps[index]
+    }
+
+    fn len(&self, index: usize) -> &AtomicU32 {
+        &self.lens[index]
+    }
+
+    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
+        self.payloads[index].with(|p| f(p as *const u8))
+    }
+
+    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+        self.payloads[index].with_mut(|p| f(p as *mut u8))
+    }
+}

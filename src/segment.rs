@@ -1,0 +1,349 @@
+//! Named shared-memory segments: create, open, unlink, and the checks around each.
+//!
+//! Creation is atomic and private: `shm_open(O_CREAT | O_EXCL)` with mode 0600, then `fchmod`
+//! (the umask may have narrowed or, with a group mode, the caller may want more), then the size
+//! is set and every page reserved with `fallocate`, so that a full `/dev/shm` is a typed
+//! [`SegmentError::NoSpace`] now rather than a SIGBUS at the first touch of a missing page.
+//! The mapping is populated (`MAP_POPULATE`), so the first messages pay no page faults.
+//!
+//! Opening checks what the kernel says about the object before mapping it: owned by this
+//! user, no permission bits beyond the owner's (and the group's, if asked), a size that can
+//! hold a header and no more than the largest segment this build maps.
+//!
+//! This layer knows nothing of headers or rings: it hands out a mapped region of bytes.
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::Mode;
+use rustix::io::Errno;
+use rustix::shm;
+use std::fs::File;
+use std::ptr::NonNull;
+
+/// Longest topic name (bytes).
+pub const MAX_NAME_LEN: usize = 128;
+/// Where `shm_open` names live on Linux; its free space is checked before creating.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// Why a topic or prefix name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("name is {len} bytes long, the limit is {MAX_NAME_LEN}")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The name contains `/`.
+    #[error("name contains '/'")]
+    Slash,
+    /// The name contains `..`.
+    #[error("name contains '..'")]
+    DotDot,
+    /// The name starts with `.`.
+    #[error("name starts with '.'")]
+    LeadingDot,
+    /// A character other than ASCII letters, digits, `.`, `_` and `-`.
+    #[error("name contains {0:?}: only ASCII letters, digits, '.', '_' and '-' are allowed")]
+    BadChar(char),
+}
+
+/// Check a topic name (or a bus prefix): 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits,
+/// `.`, `_` and `-`; no `/`, no `..`, no leading `.`.
+///
+/// ```
+/// use shmbus::segment::{validate_name, NameError};
+/// assert!(validate_name("md.eurusd").is_ok());
+/// assert_eq!(validate_name("a/b"), Err(NameError::Slash));
+/// assert_eq!(validate_name("a..b"), Err(NameError::DotDot));
+/// ```
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { len: name.len() });
+    }
+    if name.contains('/') {
+        return Err(NameError::Slash);
+    }
+    if name.contains("..") {
+        return Err(NameError::DotDot);
+    }
+    if name.starts_with('.') {
+        return Err(NameError::LeadingDot);
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar(c));
+    }
+    Ok(())
+}
+
+/// Why a segment could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentError {
+    /// A segment of that name exists already.
+    #[error("a segment named {0:?} exists already")]
+    AlreadyExists(String),
+    /// No segment of that name.
+    #[error("no segment named {0:?}")]
+    NotFound(String),
+    /// The kernel refused access.
+    #[error("permission denied for segment {0:?}")]
+    PermissionDenied(String),
+    /// The segment belongs to another user.
+    #[error("segment {name:?} is owned by uid {owner}, not by this user (uid {me})")]
+    NotOwner {
+        /// Segment name.
+        name: String,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        me: u32,
+    },
+    /// The segment's mode allows more than it should.
+    #[error("segment {name:?} has mode {mode:#o}, wider than {allowed:#o}")]
+    BadMode {
+        /// Segment name.
+        name: String,
+        /// Its permission bits.
+        mode: u32,
+        /// What this opener accepts.
+        allowed: u32,
+    },
+    /// The shared-memory filesystem has no room for the segment.
+    #[error("no room in {SHM_DIR} for a segment of {needed} bytes ({available} bytes available)")]
+    NoSpace {
+        /// Bytes the segment needs.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
+    },
+    /// The segment's size is outside what a segment can be.
+    #[error("segment {name:?} has a size of {size} bytes, outside {min}..={max}")]
+    BadSize {
+        /// Segment name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The smallest acceptable.
+        min: u64,
+        /// The largest acceptable.
+        max: u64,
+    },
+    /// Another system call failed.
+    #[error("{op} failed for segment {name:?}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Segment name.
+        name: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Access a segment grants beyond its owner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Access {
+    /// Owner only: mode 0600.
+    #[default]
+    Owner,
+    /// Owner and group: mode 0660.
+    Group,
+}
+
+impl Access {
+    fn mode(self) -> u32 {
+        match self {
+            Access::Owner => 0o600,
+            Access::Group => 0o660,
+        }
+    }
+}
+
+/// A mapped shared-memory segment. Unmapped on drop; the name stays until [`unlink`].
+#[derive(Debug)]
+pub struct Segment {
+    map: MmapRaw,
+    name: String,
+    _file: File,
+}
+
+impl Segment {
+    /// Create the segment `name` (a full `shm_open` name, without the leading `/`) of `size`
+    /// bytes, zero-filled, with every page reserved and mapped.
+    ///
+    /// # Errors
+    /// [`SegmentError::AlreadyExists`] if the name is taken, [`SegmentError::NoSpace`] if the
+    /// filesystem cannot hold it, [`SegmentError::Io`] for other failures. On any error after
+    /// the name was created, it is unlinked again.
+    pub fn create(name: &str, size: u64, access: Access) -> Result<Self, SegmentError> {
+        let available = free_space();
+        if let Some(available) = available.filter(|&a| a < size) {
+            return Err(SegmentError::NoSpace {
+                needed: size,
+                available,
+            });
+        }
+        let fd = shm::open(
+            name,
+            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| match e {
+            Errno::EXIST => SegmentError::AlreadyExists(name.into()),
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+            e => io_error("shm_open", name, e),
+        })?;
+        let file = File::from(fd);
+        let finish = || -> Result<Self, SegmentError> {
+            // The umask may have removed bits we want, and we never want more than asked.
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(access.mode()))
+                .map_err(|e| io_error("fchmod", name, e))?;
+            rustix::fs::ftruncate(&file, size).map_err(|e| io_error("ftruncate", name, e))?;
+            // Reserve every page now: tmpfs allocates lazily, and a page that cannot be
+            // allocated at first touch kills the process with SIGBUS.
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).map_err(
+                |e| match e {
+                    Errno::NOSPC => SegmentError::NoSpace {
+                        needed: size,
+                        available: free_space().unwrap_or(0),
+                    },
+                    e => io_error("fallocate", name, e),
+                },
+            )?;
+            Self::map(
+                file.try_clone().map_err(|e| io("dup", name, e))?,
+                name,
+                size,
+            )
+        };
+        finish().inspect_err(|_| {
+            let _ = shm::unlink(name);
+        })
+    }
+
+    /// Open the existing segment `name` for reading and writing, after checking its owner, its
+    /// mode (nothing beyond `access`) and its size (`min_size..=max_size`).
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`], [`SegmentError::NotOwner`], [`SegmentError::BadMode`],
+    /// [`SegmentError::BadSize`], [`SegmentError::PermissionDenied`], [`SegmentError::Io`].
+    pub fn open(
+        name: &str,
+        access: Access,
+        min_size: u64,
+        max_size: u64,
+    ) -> Result<Self, SegmentError> {
+        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
+            Errno::NOENT => SegmentError::NotFound(name.into()),
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+            e => io_error("shm_open", name, e),
+        })?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_error("fstat", name, e))?;
+        let me = rustix::process::geteuid().as_raw();
+        if st.st_uid != me {
+            return Err(SegmentError::NotOwner {
+                name: name.into(),
+                owner: st.st_uid,
+                me,
+            });
+        }
+        let mode = st.st_mode & 0o7777;
+        if mode & !access.mode() != 0 {
+            return Err(SegmentError::BadMode {
+                name: name.into(),
+                mode,
+                allowed: access.mode(),
+            });
+        }
+        let size = st.st_size as u64;
+        if !(min_size..=max_size).contains(&size) {
+            return Err(SegmentError::BadSize {
+                name: name.into(),
+                size,
+                min: min_size,
+                max: max_size,
+            });
+        }
+        Self::map(File::from(fd), name, size)
+    }
+
+    fn map(file: File, name: &str, size: u64) -> Result<Self, SegmentError> {
+        let len = usize::try_from(size).map_err(|_| SegmentError::BadSize {
+            name: name.into(),
+            size,
+            min: 0,
+            max: usize::MAX as u64,
+        })?;
+        let map = MmapOptions::new()
+            .len(len)
+            .populate()
+            .map_raw(&file)
+            .map_err(|e| io("mmap", name, e))?;
+        Ok(Self {
+            map,
+            name: name.into(),
+            _file: file,
+        })
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Start of the mapping (page-aligned).
+    pub fn base(&self) -> NonNull<u8> {
+        NonNull::new(self.map.as_mut_ptr()).expect("a mapping is never at address 0")
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Whether the mapping is empty (never, for a segment that opened).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+}
+
+/// Remove the name `name`; mappings stay valid until unmapped.
+///
+/// # Errors
+/// [`SegmentError::NotFound`] if there is no such segment.
+pub fn unlink(name: &str) -> Result<(), SegmentError> {
+    shm::unlink(name).map_err(|e| match e {
+        Errno::NOENT => SegmentError::NotFound(name.into()),
+        Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+        e => io_error("shm_unlink", name, e),
+    })
+}
+
+/// Bytes available to this user in the shared-memory filesystem, if it can be told.
+pub fn free_space() -> Option<u64> {
+    let st = rustix::fs::statvfs(SHM_DIR).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn io_error(op: &'static str, name: &str, e: Errno) -> SegmentError {
+    io(op, name, e.into())
+}
+
+fn io(op: &'static str, name: &str, source: std::io::Error) -> SegmentError {
+    SegmentError::Io {
+        op,
+        name: name.into(),
+        source,
+    }
+}

@@ -1,0 +1,81 @@
+//! How a reader or a writer waits for the other side, and how it is woken.
+//!
+//! Three strategies ([`WaitStrategy`]): spin, spin-then-yield, and an adaptive futex wait that
+//! spins a little and then sleeps. The sleeping protocol ([`WaitCell`], in `notify.rs`) is
+//! written over a tiny "park on a 32-bit word / wake it" primitive ([`Park`]), so that the loom
+//! models in `loom-tests/` can check it for lost wake-ups with a model of that primitive, while
+//! production uses the Linux futex (`futex.rs`).
+//!
+//! This layer never touches a slot or a cursor: callers pass in the condition they wait for.
+
+mod notify;
+pub use notify::WaitCell;
+
+#[cfg(not(shmbus_loom))]
+mod futex;
+#[cfg(not(shmbus_loom))]
+pub(crate) use futex::{announce_sleeper, wait_until};
+#[cfg(not(shmbus_loom))]
+pub use futex::{stats, Futex, WaitStats};
+
+use crate::sync::AtomicU32;
+use std::time::Instant;
+
+/// Sleep on a 32-bit word in shared memory, and wake its sleepers: the one primitive the wait
+/// protocol needs. Implemented by [`Futex`] in production and by a mutex-and-condvar model
+/// under loom.
+pub trait Park {
+    /// Sleep while `*word == expected`, until woken by [`Park::wake_all`] or until `deadline`.
+    /// The comparison and the sleep are one atomic step with respect to `wake_all` (as for
+    /// `FUTEX_WAIT`). May return spuriously; the caller re-checks its condition.
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
+    /// Wake every sleeper parked on `word`.
+    fn wake_all(&self, word: &AtomicU32);
+}
+
+/// How a blocking call waits for the other side.
+///
+/// Every handle is created with one; `try_*` calls never wait, whatever it says.
+///
+/// ```
+/// use shmbus::WaitStrategy;
+/// // An audio thread or a dedicated core: never sleep, never make a syscall.
+/// let polling = WaitStrategy::Spin;
+/// // A normal thread: spin ~ten microseconds, then sleep on a futex.
+/// let blocking = WaitStrategy::default();
+/// assert_eq!(blocking, WaitStrategy::Futex { spin: WaitStrategy::DEFAULT_SPIN });
+/// # let _ = polling;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Busy-spin with a spin hint. Lowest latency; burns a core; no syscall ever. A publisher
+    /// whose subscribers all spin never pays for wake-ups.
+    Spin,
+    /// Spin a little, then `sched_yield` between checks: for oversubscribed machines.
+    SpinYield,
+    /// Adaptive: check `spin` times with a spin hint, then sleep on a futex until woken.
+    /// The other side makes the wake syscall only while someone sleeps.
+    Futex {
+        /// How many times to check before sleeping (0: sleep at once).
+        spin: u32,
+    },
+}
+
+impl WaitStrategy {
+    /// Checks before sleeping in the default strategy: about ten microseconds on current x86.
+    pub const DEFAULT_SPIN: u32 = 4096;
+
+    /// Whether a party with this strategy may sleep (and so needs the other side's wake-ups).
+    pub fn may_sleep(&self) -> bool {
+        matches!(self, WaitStrategy::Futex { .. })
+    }
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::Futex {
+            spin: Self::DEFAULT_SPIN,
+        }
+    }
+}

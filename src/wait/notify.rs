@@ -1,0 +1,124 @@
+//! The sleep/wake protocol: an event count that costs the notifier one relaxed load when nobody
+//! sleeps.
+//!
+//! One [`WaitCell`] per direction of a ring (readers wait for data, the writer waits for space)
+//! lives in the segment's control block. Its words:
+//!
+//! | word        | written by | meaning |
+//! |-------------|------------|---------|
+//! | `may_sleep` | a party that attaches with a sleeping strategy (+1), and detaches (-1) | whether the notifier must run the slow check at all |
+//! | `sleepers`  | a waiter, around each sleep (+1 before, -1 after) | someone is asleep or about to be |
+//! | `epoch`     | the notifier, when it wakes (+1) | the futex word; a change means "look again" |
+//!
+//! The invariant that rules out lost wake-ups is Dekker's: the notifier makes its progress
+//! visible (the slot's stamp, the reader's head) and then, after a `SeqCst` fence, reads
+//! `sleepers`; the waiter raises `sleepers` and then, after a `SeqCst` fence, re-checks the
+//! progress. The two fences are totally ordered, so at least one side sees the other's write:
+//! either the waiter sees the progress and does not sleep, or the notifier sees the sleeper and
+//! bumps `epoch` and wakes it. The waiter read `epoch` *before* raising `sleepers`, so a bump
+//! that lands between its check and its sleep makes the futex wait return at once
+//! (`FUTEX_WAIT` compares and sleeps atomically).
+//!
+//! `may_sleep` keeps the fence off the publish path of topics whose readers all spin. A party
+//! that starts to sleep raises it once, at attach, and then issues a process-wide barrier
+//! (`membarrier`, see `futex.rs`): every notifier that read the old 0 has its earlier progress
+//! made visible by that barrier, and every later notify sees 1. The loom model treats that
+//! barrier as a `SeqCst` fence on both sides and starts with `may_sleep` raised.
+//!
+//! This file is pure protocol: no syscalls (they come through [`Park`]), so loom checks it.
+
+use super::Park;
+use crate::sync::{fence, AtomicU32, Ordering};
+use std::time::Instant;
+
+/// The words of one wait/wake channel, as they lie in shared memory. All zero is the initial
+/// state. See the module comment for the protocol.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct WaitCell {
+    epoch: AtomicU32,
+    sleepers: AtomicU32,
+    may_sleep: AtomicU32,
+}
+
+impl WaitCell {
+    /// A cell in its initial state (for heap use and loom models; in a segment, zeroed memory is
+    /// the same state).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Called by the side that made progress, after the Release store that made it visible.
+    /// One relaxed load when no waiter may sleep; a fence and a second load otherwise; the wake
+    /// syscall only when a waiter sleeps.
+    #[inline]
+    pub fn notify<P: Park>(&self, park: &P) {
+        // Relaxed: a stale 0 is covered by the barrier the sleeper issued when it raised it.
+        if self.may_sleep.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.notify_sleepy(park);
+    }
+
+    #[inline]
+    fn notify_sleepy<P: Park>(&self, park: &P) {
+        // SeqCst fence: pairs with the fence in `wait`, after `sleepers` is raised. Orders our
+        // caller's progress store before the load of `sleepers` (store-load: only a full fence
+        // does that).
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
+            self.wake(park);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake<P: Park>(&self, park: &P) {
+        // Release: a woken waiter that reads the new epoch (Acquire) also sees our progress.
+        self.epoch.fetch_add(1, Ordering::Release);
+        park.wake_all(&self.epoch);
+    }
+
+    /// Mark that a party with a sleeping strategy is attached. The caller must then make the
+    /// mark visible to every notifier before its first sleep (see the module comment).
+    pub fn raise_may_sleep(&self) {
+        self.may_sleep.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Undo [`WaitCell::raise_may_sleep`], at detach.
+    pub fn lower_may_sleep(&self) {
+        // Never wrap below zero, whatever a peer wrote here.
+        let _ = self
+            .may_sleep
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Sleep until `ready()` holds or `deadline` passes; returns whether `ready()` held.
+    /// `ready` must read the progress with Acquire. The caller has raised `may_sleep`.
+    pub fn wait<P: Park>(
+        &self,
+        park: &P,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
+        loop {
+            // Acquire: pairs with the Release `fetch_add` in `wake`.
+            let epoch = self.epoch.load(Ordering::Acquire);
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
+            // SeqCst fence: pairs with the one in `notify_sleepy` (see the module comment).
+            fence(Ordering::SeqCst);
+            if ready() {
+                self.sleepers.fetch_sub(1, Ordering::Relaxed);
+                return true;
+            }
+            park.park(&self.epoch, epoch, deadline);
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            if ready() {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+        }
+    }
+}
