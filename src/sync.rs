@@ -19,6 +19,8 @@ pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// A spin-loop hint (`pause` on x86). Under loom it yields to the scheduler, so that a spin loop
 /// ends in a model.
+// Under loom only the portable layers are built, and they do not spin.
+#[cfg_attr(shmbus_loom, allow(dead_code))]
 #[inline(always)]
 pub(crate) fn spin_hint() {
     #[cfg(not(shmbus_loom))]
@@ -28,6 +30,7 @@ pub(crate) fn spin_hint() {
 }
 
 /// Give the processor to another thread.
+#[cfg_attr(shmbus_loom, allow(dead_code))]
 #[inline]
 pub(crate) fn yield_now() {
     #[cfg(not(shmbus_loom))]
