@@ -85,9 +85,9 @@ pub enum OpenError {
         /// The name.
         topic: String,
         /// What this subscriber expects.
-        expected: TypeFingerprint,
+        expected: Box<TypeFingerprint>,
         /// What the topic carries.
-        found: TypeFingerprint,
+        found: Box<TypeFingerprint>,
     },
     /// The segment was written by another format version.
     #[error(

@@ -156,7 +156,8 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The segment header as it lies in shared memory.
+/// The segment header as it lies in shared memory. `magic`, `version` and `state` are frozen:
+/// every format version keeps them first, in this order.
 ///
 /// Every field is an atomic, read with `Relaxed` loads after the `Acquire` load of `state`: the
 /// header is written once by the creator, but a hostile peer may write it at any time, and a
@@ -436,7 +437,9 @@ impl Geometry {
     /// the result can address nothing outside `0..mapped_len`.
     ///
     /// The checks run in the order a user would want to hear about problems: not a segment at
-    /// all, then another version, then not ready, then inconsistent.
+    /// all, then not ready, then another version, then inconsistent. The first 16 bytes (magic,
+    /// version, state) keep their places and meaning in every format version, so that this
+    /// order holds across versions.
     pub fn validate(
         h: &HeaderValues,
         mapped_len: u64,
@@ -446,14 +449,20 @@ impl Geometry {
         if mapped_len < HEADER_SIZE as u64 {
             return Err(LayoutError::TooSmall { size: mapped_len });
         }
+        // A segment being created is zero-filled until its creator writes the header, so an
+        // all-zero start means "not ready", not "foreign". Until `state` says ready no other
+        // field can be trusted to be written, so it is checked before the version.
         if h.magic != MAGIC {
+            if h.magic == 0 && h.state == 0 {
+                return Err(LayoutError::NotReady);
+            }
             return Err(LayoutError::BadMagic { found: h.magic });
-        }
-        if h.version != FORMAT_VERSION {
-            return Err(LayoutError::UnsupportedVersion { found: h.version });
         }
         if h.state != STATE_READY {
             return Err(LayoutError::NotReady);
+        }
+        if h.version != FORMAT_VERSION {
+            return Err(LayoutError::UnsupportedVersion { found: h.version });
         }
         if h.ring_kind != RING_SPSC {
             return Err(LayoutError::UnknownRingKind { found: h.ring_kind });

@@ -21,6 +21,8 @@ use std::ptr::NonNull;
 
 /// Longest topic name (bytes).
 pub const MAX_NAME_LEN: usize = 128;
+/// Longest segment name, prefix and topic together (bytes): the kernel's `NAME_MAX`.
+pub const MAX_SEGMENT_NAME_LEN: usize = 255;
 /// Where `shm_open` names live on Linux; its free space is checked before creating.
 pub const SHM_DIR: &str = "/dev/shm";
 
@@ -46,6 +48,12 @@ pub enum NameError {
     /// The name starts with `.`.
     #[error("name starts with '.'")]
     LeadingDot,
+    /// The bus prefix and the topic name together exceed [`MAX_SEGMENT_NAME_LEN`] bytes.
+    #[error("prefix and name together are {len} bytes long, the limit is {MAX_SEGMENT_NAME_LEN}")]
+    TooLongWithPrefix {
+        /// Their length together.
+        len: usize,
+    },
     /// A character other than ASCII letters, digits, `.`, `_` and `-`.
     #[error("name contains {0:?}: only ASCII letters, digits, '.', '_' and '-' are allowed")]
     BadChar(char),

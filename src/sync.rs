@@ -12,7 +12,79 @@
 #![allow(clippy::disallowed_types)] // the one place allowed to name them
 
 #[cfg(not(shmbus_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, Ordering};
+
+#[cfg(not(shmbus_loom))]
+pub(crate) use std_atomics::{AtomicU32, AtomicU64};
+
+/// Newtypes over std's atomics, with the subset of the API shmbus uses. They are what the rest
+/// of the crate names, so that clippy's `disallowed-types` (which sees through a plain
+/// re-export) flags any other use of std's types. `repr(transparent)`: the same size, alignment
+/// and bit validity as the std type, hence as the integer, so they can be laid over shared memory.
+#[cfg(not(shmbus_loom))]
+mod std_atomics {
+    use std::sync::atomic::Ordering;
+
+    macro_rules! atomic {
+        ($name:ident, $int:ty) => {
+            #[doc = concat!("`std::sync::atomic::", stringify!($name), "`, through the shim.")]
+            #[repr(transparent)]
+            #[derive(Debug, Default)]
+            pub struct $name(std::sync::atomic::$name);
+
+            #[allow(dead_code)] // each build uses a different subset
+            impl $name {
+                #[inline(always)]
+                pub const fn new(v: $int) -> Self {
+                    Self(std::sync::atomic::$name::new(v))
+                }
+                #[inline(always)]
+                pub fn load(&self, order: Ordering) -> $int {
+                    self.0.load(order)
+                }
+                #[inline(always)]
+                pub fn store(&self, v: $int, order: Ordering) {
+                    self.0.store(v, order)
+                }
+                #[inline(always)]
+                pub fn fetch_add(&self, v: $int, order: Ordering) -> $int {
+                    self.0.fetch_add(v, order)
+                }
+                #[inline(always)]
+                pub fn fetch_sub(&self, v: $int, order: Ordering) -> $int {
+                    self.0.fetch_sub(v, order)
+                }
+                #[inline(always)]
+                pub fn compare_exchange(
+                    &self,
+                    current: $int,
+                    new: $int,
+                    success: Ordering,
+                    failure: Ordering,
+                ) -> Result<$int, $int> {
+                    self.0.compare_exchange(current, new, success, failure)
+                }
+                #[inline(always)]
+                pub fn fetch_update(
+                    &self,
+                    set: Ordering,
+                    fetch: Ordering,
+                    f: impl FnMut($int) -> Option<$int>,
+                ) -> Result<$int, $int> {
+                    self.0.fetch_update(set, fetch, f)
+                }
+                /// The std atomic, for system calls that take one (the futex).
+                #[inline(always)]
+                pub fn as_std(&self) -> &std::sync::atomic::$name {
+                    &self.0
+                }
+            }
+        };
+    }
+
+    atomic!(AtomicU32, u32);
+    atomic!(AtomicU64, u64);
+}
 
 #[cfg(shmbus_loom)]
 pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};

@@ -11,7 +11,7 @@ pub use publisher::{Loan, Publisher, PublisherBuilder};
 pub use subscriber::{Sample, Subscriber, SubscriberBuilder};
 
 use crate::error::BusError;
-use crate::segment::{validate_name, Access, NameError};
+use crate::segment::{validate_name, Access, NameError, MAX_SEGMENT_NAME_LEN};
 
 /// The default prefix of segment names: topic `md.eurusd` lives in `/dev/shm/shmbus.md.eurusd`.
 pub const DEFAULT_PREFIX: &str = "shmbus.";
@@ -74,6 +74,10 @@ impl Bus {
     /// The `shm_open` name of a topic's segment.
     pub(crate) fn segment_name(&self, topic: &str) -> Result<String, NameError> {
         validate_name(topic)?;
+        let len = self.prefix.len() + topic.len();
+        if len > MAX_SEGMENT_NAME_LEN {
+            return Err(NameError::TooLongWithPrefix { len });
+        }
         Ok(format!("{}{}", self.prefix, topic))
     }
 }

@@ -69,6 +69,11 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
                 SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
                 e => OpenError::Segment(e),
             })?;
+        // `Segment::create` makes the name visible before it sets the size: an empty segment
+        // is one being created.
+        if segment.is_empty() {
+            return Err(OpenError::NotReady { topic: topic() });
+        }
         if segment.len() < HEADER_SIZE as u64 {
             return Err(OpenError::TooSmall {
                 topic: topic(),
@@ -99,8 +104,8 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         if found != Some(expected) {
             return Err(OpenError::IncompatibleType {
                 topic: topic(),
-                expected,
-                found: found.unwrap_or(expected_unknown()),
+                expected: Box::new(expected),
+                found: Box::new(found.unwrap_or(expected_unknown())),
             });
         }
         // The fingerprint matched, but a hostile header could still pair it with a geometry

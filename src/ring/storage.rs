@@ -167,6 +167,12 @@ impl HeapSlots {
     }
 }
 
+// SAFETY: the payload cells are only reached through the ring protocol, which hands each slot to
+// one side at a time (that is what the loom models check); everything else is atomic.
+unsafe impl Sync for HeapSlots {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for HeapSlots {}
+
 // SAFETY: every index below `capacity` has a stamp, a length and an 8-aligned 8-byte payload.
 unsafe impl SlotStorage for HeapSlots {
     fn capacity(&self) -> u64 {

@@ -68,12 +68,12 @@ impl Park for Futex {
         });
         // Not PRIVATE: the word is shared with other processes. EAGAIN (the word already
         // changed), EINTR and ETIMEDOUT all mean "return and let the caller look again".
-        let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+        let _ = futex::wait(word.as_std(), futex::Flags::empty(), expected, ts.as_ref());
     }
 
     fn wake_all(&self, word: &AtomicU32) {
         FUTEX_WAKES.fetch_add(1, Ordering::Relaxed);
-        let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+        let _ = futex::wake(word.as_std(), futex::Flags::empty(), i32::MAX as u32);
     }
 }
 

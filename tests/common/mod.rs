@@ -1,0 +1,359 @@
+//! Shared by the integration tests: unique bus prefixes, cleanup of segments, and child processes
+//! run by re-executing the test binary, each under a watchdog.
+//!
+//! A test binary re-executes itself as `<exe> child_entry --exact --nocapture`, with
+//! [`CHILD_VAR`] naming the child's role and `SHMBUS_TEST_ARG_<KEY>` variables carrying its
+//! arguments. Each test file has a `#[test] fn child_entry()` that returns at once unless
+//! [`CHILD_VAR`] is set. A child reports on stdout with lines the parent waits for (`READY`,
+//! `RESULT ...`, found anywhere in a line) and with its exit code.
+//!
+//! Every helper here fails the test (never hangs it): a child that has not finished by its
+//! watchdog is killed, and a child still running when its handle is dropped (a failed
+//! assertion in the parent) is killed too.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The variable that selects a child's role.
+pub const CHILD_VAR: &str = "SHMBUS_TEST_CHILD";
+/// Prefix of the variables that carry a child's arguments.
+const ARG_VAR: &str = "SHMBUS_TEST_ARG_";
+/// Name of the `#[test]` function every test file provides for its children.
+pub const CHILD_ENTRY: &str = "child_entry";
+
+/// How long a child may run before it is killed and the test fails. Generous: a noisy two-core
+/// VM running several test binaries must never trip it; it is there so that a hang fails.
+pub const WATCHDOG: Duration = Duration::from_secs(300);
+/// How long a child waits for a message (or a free slot) before it gives up: a child must not
+/// outlive a parent that died without killing it.
+pub const CHILD_STALL: Duration = Duration::from_secs(120);
+
+/// A bus prefix no other test (in this process or another) uses: pid, test name and a counter.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: Mutex<u32> = Mutex::new(0);
+    let n = {
+        let mut c = lock(&COUNTER);
+        *c += 1;
+        *c
+    };
+    let short: String = test.chars().take(40).collect();
+    format!("shmbus-test-{}-{short}-{n}.", std::process::id())
+}
+
+/// Lock a mutex, ignoring poison (a test that failed while holding it has already failed).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every segment of a prefix from `/dev/shm` when dropped, whatever the test left.
+pub struct Cleanup {
+    prefix: String,
+}
+
+impl Cleanup {
+    pub fn new(prefix: &str) -> Self {
+        remove_segments(prefix);
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_segments(&self.prefix);
+    }
+}
+
+/// The names (as `shm_open` takes them) of the segments whose name starts with `prefix`.
+pub fn segments_with_prefix(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+fn remove_segments(prefix: &str) {
+    for name in segments_with_prefix(prefix) {
+        let _ = rustix::shm::unlink(name.as_str());
+    }
+}
+
+/// Whether this process runs as a child, and which role: `Some(role)` if [`CHILD_VAR`] is set.
+pub fn child_role() -> Option<String> {
+    std::env::var(CHILD_VAR).ok()
+}
+
+/// A child's argument `key` (as given to [`ChildProc::spawn`]).
+///
+/// # Panics
+/// If the parent did not pass it.
+pub fn arg(key: &str) -> String {
+    std::env::var(format!("{ARG_VAR}{}", key.to_uppercase()))
+        .unwrap_or_else(|_| panic!("child argument {key} missing"))
+}
+
+/// A child's argument `key`, or `default` if the parent did not pass it.
+pub fn arg_or(key: &str, default: &str) -> String {
+    std::env::var(format!("{ARG_VAR}{}", key.to_uppercase())).unwrap_or_else(|_| default.into())
+}
+
+/// A child's argument `key` parsed as a number.
+pub fn arg_u64(key: &str) -> u64 {
+    arg(key)
+        .parse()
+        .unwrap_or_else(|e| panic!("child argument {key}: {e}"))
+}
+
+/// Print a line for the parent, flushed at once.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// End the child now with `code`, after flushing what it printed. Runs no destructors.
+pub fn exit_child(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}
+
+/// A child process: the test binary re-executed in a role, under a watchdog.
+pub struct ChildProc {
+    child: Child,
+    what: String,
+    deadline: Instant,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// What a finished child left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub lines: Vec<String>,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The fields of the child's `RESULT k=v ...` line.
+    ///
+    /// # Panics
+    /// If there is none.
+    pub fn result(&self) -> HashMap<String, String> {
+        let line = self
+            .lines
+            .iter()
+            .rev()
+            .find_map(|l| after_marker(l, "RESULT "))
+            .unwrap_or_else(|| panic!("the child printed no RESULT line: {self:#?}"));
+        parse_fields(line)
+    }
+
+    /// The text after `RESULT ` on the child's result line.
+    pub fn result_line(&self) -> &str {
+        self.lines
+            .iter()
+            .rev()
+            .find_map(|l| after_marker(l, "RESULT "))
+            .unwrap_or_else(|| panic!("the child printed no RESULT line: {self:#?}"))
+    }
+
+    /// A numeric field of the result line.
+    pub fn num(&self, key: &str) -> u64 {
+        let fields = self.result();
+        let v = fields
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in the child's result: {self:#?}"));
+        v.parse()
+            .unwrap_or_else(|e| panic!("{key}={v} is not a number ({e}): {self:#?}"))
+    }
+
+    /// Panic with everything the child said unless it exited with status 0.
+    pub fn assert_success(&self) {
+        assert!(self.status.success(), "the child failed: {self:#?}");
+    }
+}
+
+/// The text after `marker` in `line`, if it is there. Not only at the start: the test harness
+/// may have printed `test child_entry ... ` on the same line before the child's first words.
+pub fn after_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
+/// `k=v k=v` into a map (a word without `=` maps to an empty value).
+pub fn parse_fields(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (w.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+impl ChildProc {
+    /// Start the test binary as a child in `role`, with `args` as its arguments, killed if it
+    /// runs longer than [`WATCHDOG`].
+    pub fn spawn(role: &str, args: &[(&str, &str)]) -> Self {
+        Self::spawn_wrapped(None, role, args)
+    }
+
+    /// As [`ChildProc::spawn`], run under `wrapper` (e.g. `strace` and its options).
+    pub fn spawn_wrapped(wrapper: Option<&[&str]>, role: &str, args: &[(&str, &str)]) -> Self {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut cmd = match wrapper {
+            Some([program, options @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(options).arg(&exe);
+                c
+            }
+            _ => Command::new(&exe),
+        };
+        cmd.args([
+            CHILD_ENTRY,
+            "--exact",
+            "--nocapture",
+            "--quiet",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        for (k, v) in args {
+            cmd.env(format!("{ARG_VAR}{}", k.to_uppercase()), v);
+        }
+        let mut child = cmd.spawn().expect("spawn the child");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Self {
+            what: format!("child {role} (pid {})", child.id()),
+            child,
+            deadline: Instant::now() + WATCHDOG,
+            lines,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for a stdout line holding `prefix` and return it, from `prefix` on.
+    ///
+    /// # Panics
+    /// If the child exits first or the watchdog expires (the child is then killed).
+    pub fn wait_for_line(&mut self, prefix: &str) -> String {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(at) = line.find(prefix) {
+                        return line[at..].to_owned();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("watchdog: no {prefix:?} line in {WATCHDOG:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("exited before printing {prefix:?}"))
+                }
+            }
+        }
+    }
+
+    /// Panic if the child has exited or the watchdog has expired: for a parent that waits on
+    /// the bus and must not wait for a dead child.
+    pub fn check(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            self.fail(&format!("exited early with {status}"));
+        }
+        if Instant::now() >= self.deadline {
+            self.fail(&format!("watchdog: still running after {WATCHDOG:?}"));
+        }
+    }
+
+    /// Wait for the child to exit (killing it when the watchdog expires) and collect its output.
+    pub fn finish(mut self) -> Finished {
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < self.deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => self.fail(&format!("watchdog: still running after {WATCHDOG:?}")),
+                Err(e) => self.fail(&format!("wait failed: {e}")),
+            }
+        };
+        // The child has exited: its pipes close, and the reader threads end.
+        let mut lines = std::mem::take(&mut self.seen);
+        lines.extend(self.lines.iter());
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Finished {
+            status,
+            lines,
+            stderr,
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut lines = std::mem::take(&mut self.seen);
+        lines.extend(self.lines.try_iter());
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        panic!(
+            "{}: {why}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+            self.what,
+            lines.join("\n")
+        );
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        // Still running only if the parent failed: do not leave it behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

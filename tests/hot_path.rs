@@ -1,0 +1,361 @@
+//! The publish and receive paths make no allocation and no syscall in polling mode, and a
+//! publisher makes no wake syscall while its subscriber is awake.
+//!
+//! Allocations are counted by this binary's global allocator, per thread, while a test's loop
+//! runs. Syscalls of the wait layer are counted by `shmbus::wait::stats()`; every other syscall
+//! is looked for with `strace`, around a polling loop run in a child process between two
+//! marker syscalls.
+
+mod common;
+
+use bytemuck::{Pod, Zeroable};
+use common::{exit_child, lock, say, ChildProc, Cleanup};
+use shmbus::{Bus, WaitStrategy};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Mutex;
+
+/// Iterations of each measured loop.
+const ITERATIONS: u64 = 100_000;
+
+// ---------------------------------------------------------------------------------------------
+// A counting allocator.
+
+/// Counts the allocator calls (allocations, reallocations and frees) of a thread while that
+/// thread has counting switched on; forwards everything to the system allocator.
+struct CountingAlloc;
+
+thread_local! {
+    // `const` initialisers without destructors: reaching them allocates nothing.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_call() {
+    let counting = COUNTING.try_with(Cell::get).unwrap_or(false);
+    if counting {
+        let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
+// guarantees are ours; the counting touches only thread-locals that never allocate.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_call();
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_call();
+        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_call();
+        // SAFETY: forwarded unchanged; `ptr` came from `System` through this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_call();
+        // SAFETY: forwarded unchanged; `ptr` came from `System` through this allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Run `f` and return how many allocator calls this thread made meanwhile.
+fn allocator_calls<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let before = CALLS.with(Cell::get);
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, CALLS.with(Cell::get) - before)
+}
+
+/// `wait::stats()` counts for the whole process: the tests of this file run one at a time, so
+/// that no other test's sleeps and wakes land in a measured window.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+struct Tick {
+    seq: u64,
+    price: u64,
+    size: u32,
+    venue: u32,
+}
+
+fn tick(seq: u64) -> Tick {
+    Tick {
+        seq,
+        price: seq.wrapping_mul(31),
+        size: seq as u32,
+        venue: 7,
+    }
+}
+
+fn bus(test: &str) -> (Bus, Cleanup) {
+    let prefix = common::unique_prefix(test);
+    let cleanup = Cleanup::new(&prefix);
+    (Bus::builder().prefix(&prefix).build().unwrap(), cleanup)
+}
+
+#[test]
+fn the_counting_allocator_sees_allocations() {
+    // Guards the tests below against passing because nothing is counted.
+    let (v, calls) = allocator_calls(|| Vec::<u64>::with_capacity(16));
+    drop(v);
+    assert!(calls >= 1, "{calls}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// In process: allocator calls and wait-layer syscalls.
+
+#[test]
+fn polling_publish_and_receive_neither_allocate_nor_make_syscalls() {
+    let _serial = lock(&SERIAL);
+    let (bus, _cleanup) = bus("polling");
+    let mut publisher = bus
+        .publisher::<Tick>("t")
+        .capacity(64)
+        .wait(WaitStrategy::Spin)
+        .create()
+        .unwrap();
+    let mut subscriber = bus
+        .subscriber::<Tick>("t")
+        .wait(WaitStrategy::Spin)
+        .open()
+        .unwrap();
+    let stats = shmbus::wait::stats();
+
+    // One message at a time: loan, write in place, send; receive, read in place, release.
+    let (sum, calls) = allocator_calls(|| {
+        let mut sum = 0u64;
+        for seq in 0..ITERATIONS {
+            let mut loan = publisher.try_loan().expect("a free slot");
+            loan.seq = seq;
+            loan.price = seq.wrapping_mul(31);
+            loan.size = seq as u32;
+            loan.venue = 7;
+            loan.send();
+            let sample = subscriber.try_recv().expect("no error").expect("a message");
+            assert_eq!(sample.seq(), seq);
+            sum = sum.wrapping_add(sample.price);
+        }
+        sum
+    });
+    assert_eq!(calls, 0, "allocator calls on the hot path");
+    assert_eq!(
+        sum,
+        (0..ITERATIONS).fold(0u64, |s, q| s.wrapping_add(q.wrapping_mul(31)))
+    );
+
+    // In bursts that fill the ring: `try_send` up to `Full` (the producer reloads the consumer's
+    // cursor), then drain with `try_recv` up to empty.
+    let ((), calls) = allocator_calls(|| {
+        let mut next_in = publisher.next_seq();
+        let mut next_out = next_in;
+        while next_out < 2 * ITERATIONS {
+            while publisher.try_send(tick(next_in)).is_ok() {
+                next_in += 1;
+            }
+            while let Some(sample) = subscriber.try_recv().expect("no error") {
+                assert_eq!(*sample, tick(next_out));
+                next_out += 1;
+            }
+        }
+    });
+    assert_eq!(calls, 0, "allocator calls on the hot path");
+    assert_eq!(shmbus::wait::stats(), stats, "wait-layer syscalls");
+}
+
+#[test]
+fn polling_byte_messages_neither_allocate_nor_make_syscalls() {
+    let _serial = lock(&SERIAL);
+    let (bus, _cleanup) = bus("polling-bytes");
+    let mut publisher = bus
+        .publisher::<[u8]>("b")
+        .capacity(64)
+        .slot_size(64)
+        .wait(WaitStrategy::Spin)
+        .create()
+        .unwrap();
+    let mut subscriber = bus
+        .subscriber::<[u8]>("b")
+        .wait(WaitStrategy::Spin)
+        .open()
+        .unwrap();
+    let stats = shmbus::wait::stats();
+    let payload = [0x5au8; 64];
+    let ((), calls) = allocator_calls(|| {
+        for seq in 0..ITERATIONS {
+            let len = (seq % 64) as usize + 1;
+            if seq % 2 == 0 {
+                let mut loan = publisher.try_loan_bytes(len).expect("a free slot");
+                loan.fill(seq as u8);
+                loan.send();
+            } else {
+                publisher
+                    .try_send_bytes(&payload[..len])
+                    .expect("a free slot");
+            }
+            let sample = subscriber.try_recv().expect("no error").expect("a message");
+            assert_eq!(sample.len(), len);
+        }
+    });
+    assert_eq!(calls, 0, "allocator calls on the hot path");
+    assert_eq!(shmbus::wait::stats(), stats, "wait-layer syscalls");
+}
+
+#[test]
+fn an_awake_futex_subscriber_costs_the_publisher_no_wake() {
+    let _serial = lock(&SERIAL);
+    let (bus, _cleanup) = bus("awake");
+    // Both sides may sleep: each has announced itself (the one-time barrier at attach), so both
+    // notify paths run their sleeper check. Nobody ever sleeps here: every receive finds its
+    // message ready and every send finds a free slot.
+    let mut publisher = bus
+        .publisher::<Tick>("t")
+        .capacity(64)
+        .wait(WaitStrategy::default())
+        .create()
+        .unwrap();
+    let mut subscriber = bus
+        .subscriber::<Tick>("t")
+        .wait(WaitStrategy::default())
+        .open()
+        .unwrap();
+    let stats = shmbus::wait::stats();
+    let ((), calls) = allocator_calls(|| {
+        for seq in 0..ITERATIONS {
+            // Alternate the polling calls and the blocking ones that find no need to block.
+            if seq % 2 == 0 {
+                publisher.try_send(tick(seq)).expect("a free slot");
+                let sample = subscriber.try_recv().expect("no error").expect("a message");
+                assert_eq!(sample.seq(), seq);
+            } else {
+                publisher.send(tick(seq));
+                let sample = subscriber.recv().expect("a message");
+                assert_eq!(*sample, tick(seq));
+            }
+        }
+    });
+    let after = shmbus::wait::stats();
+    assert_eq!(after.futex_wakes, stats.futex_wakes, "wake syscalls");
+    assert_eq!(after.futex_waits, stats.futex_waits, "wait syscalls");
+    assert_eq!(after, stats);
+    assert_eq!(calls, 0, "allocator calls on the hot path");
+}
+
+// ---------------------------------------------------------------------------------------------
+// In a child process, under strace: no syscall at all between two markers.
+
+/// Marker paths: `faccessat` on them fails with ENOENT and shows in strace with the path.
+const MARK_START: &str = "/shmbus-hot-path-marker-start";
+const MARK_END: &str = "/shmbus-hot-path-marker-end";
+
+#[test]
+fn child_entry() {
+    let Some(role) = common::child_role() else {
+        return;
+    };
+    match role.as_str() {
+        "poll-loop" => child_poll_loop(),
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// Set up a polling publisher and subscriber, warm them up, then run the loop between the two
+/// marker syscalls.
+fn child_poll_loop() -> ! {
+    let bus = Bus::builder()
+        .prefix(&common::arg("prefix"))
+        .build()
+        .unwrap();
+    let mut publisher = bus
+        .publisher::<Tick>("t")
+        .capacity(64)
+        .wait(WaitStrategy::Spin)
+        .create()
+        .unwrap();
+    let mut subscriber = bus
+        .subscriber::<Tick>("t")
+        .wait(WaitStrategy::Spin)
+        .open()
+        .unwrap();
+    let mut round = |seq: u64| {
+        let mut loan = publisher.try_loan().expect("a free slot");
+        loan.write(tick(seq));
+        loan.send();
+        let sample = subscriber.try_recv().expect("no error").expect("a message");
+        sample.seq() == seq && *sample == tick(seq)
+    };
+    for seq in 0..1000 {
+        assert!(round(seq));
+    }
+    let _ = rustix::fs::access(MARK_START, rustix::fs::Access::EXISTS);
+    let mut ok = true;
+    for seq in 1000..1000 + ITERATIONS {
+        ok &= round(seq);
+    }
+    let _ = rustix::fs::access(MARK_END, rustix::fs::Access::EXISTS);
+    drop(publisher);
+    say(&format!("RESULT ok={}", ok as u8));
+    exit_child(if ok { 0 } else { 1 })
+}
+
+#[test]
+fn polling_makes_no_syscall_between_markers_under_strace() {
+    let _serial = lock(&SERIAL);
+    let strace_works = std::process::Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !strace_works {
+        eprintln!("skipped: strace is not installed or cannot trace here (apt-get install strace)");
+        return;
+    }
+    let prefix = common::unique_prefix("strace");
+    let _cleanup = Cleanup::new(&prefix);
+    let trace = std::env::temp_dir().join(format!("{}strace.txt", prefix));
+    let trace_path = trace.to_str().expect("a UTF-8 temp path").to_owned();
+    let wrapper = ["strace", "-f", "-qq", "-o", trace_path.as_str()];
+    let out =
+        ChildProc::spawn_wrapped(Some(&wrapper), "poll-loop", &[("prefix", &prefix)]).finish();
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    let _ = std::fs::remove_file(&trace);
+    out.assert_success();
+    assert_eq!(out.num("ok"), 1, "{out:#?}");
+
+    // With -f, each line starts with the thread id.
+    let lines: Vec<&str> = text.lines().collect();
+    let find = |marker: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("no {marker} in the trace:\n{text}"))
+    };
+    let (start, end) = (find(MARK_START), find(MARK_END));
+    assert!(start < end);
+    let tid = |line: &str| line.split_whitespace().next().unwrap_or("").to_owned();
+    let looping = tid(lines[start]);
+    assert_eq!(tid(lines[end]), looping, "markers from one thread");
+    let between: Vec<&str> = lines[start + 1..end]
+        .iter()
+        .copied()
+        .filter(|l| tid(l) == looping)
+        .collect();
+    assert!(
+        between.is_empty(),
+        "syscalls on the polling path:\n{}",
+        between.join("\n")
+    );
+}
