@@ -333,7 +333,7 @@ pub enum LayoutError {
 /// Invariants (established by [`Geometry::for_config`] and [`Geometry::validate`], the only
 /// constructors): `capacity` is a power of two in `2..=MAX_CAPACITY`; `payload_offset >= 8` is a
 /// power of two, a multiple of the payload alignment; `slot_stride >= payload_offset + slot_size`
-/// and a multiple of 8; `control_offset + control_size <= slots_offset`;
+/// and a multiple of `payload_offset` (so every slot's payload is aligned); `control_offset + control_size <= slots_offset`;
 /// `slots_offset + capacity * slot_stride <= total_size <= MAX_SEGMENT_SIZE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -487,9 +487,9 @@ impl Geometry {
             return Err(Inconsistent("payload offset out of range"));
         }
         let min_stride = h.payload_offset as u64 + h.slot_size as u64;
-        if (h.slot_stride as u64) < min_stride || h.slot_stride % 8 != 0 {
+        if (h.slot_stride as u64) < min_stride || h.slot_stride % h.payload_offset != 0 {
             return Err(Inconsistent(
-                "slot stride smaller than a slot, or unaligned",
+                "slot stride smaller than a slot, or not a multiple of the payload offset",
             ));
         }
         if h.control_size != control_size {

@@ -1,0 +1,570 @@
+//! `shmbus bench`: the cross-process benchmark harness. Its rules are in BENCHMARKS.md.
+//!
+//! Every shmbus case is measured beside its limit, the simplest code that does the same job
+//! (`raw.rs`, `kernel.rs`), in the same run and interleaved in short blocks (case, limit,
+//! case, limit, ...), so that the ratio holds on a VM whose speed changes from one minute to
+//! the next. Two processes, pinned to two CPUs: the parent measures, and each series has a
+//! child of its own, this binary run as `__bench-peer <case>`, which sleeps on its command
+//! pipe while another series runs. The harness never asserts a time.
+
+mod kernel;
+mod raw;
+mod report;
+mod shm;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use shmbus::Bus;
+
+use crate::affinity::{self, CpuPair};
+use crate::error::{bail, Context, Error, Result};
+use crate::peer::{self, Control, Peer};
+use crate::stats::{self, Latency};
+use crate::sweep::{self, Sweep};
+use crate::watchdog::{self, Watchdog};
+use report::{LatencyRow, Machine, Measured, RunInfo, StreamFig, StreamRow};
+
+/// The cases, for `shmbus bench --help`.
+pub const CASES_HELP: &str = "\
+Cases (each measured beside its limit, interleaved in short blocks):
+  shm-poll-8B, shm-poll-64B      round trip, polling             limit raw-cacheline
+  shm-poll-64KiB-write8          64 KiB slots, 8 bytes written   limit raw-cacheline
+  shm-futex-64B                  round trip, adaptive futex wait limit raw-futex
+  shm-futex-nospin-64B           round trip, futex wait at once  limit raw-futex
+  pipe-64B, unix-socket-64B      what a user would use instead, beside shm-futex-64B
+  shm-stream-8B, shm-stream-64B  one-way throughput, polling     limit raw-ring-8B, raw-ring-64B";
+
+/// Slots in the rings of the throughput cases, shmbus and raw alike.
+pub const STREAM_CAPACITY: usize = 1024;
+
+/// Unrecorded round trips at the start of every block: the child has just woken from its
+/// command pipe and its first answers would measure that wake-up.
+const BLOCK_WARM_UP: u64 = 100;
+
+/// The longest latency block, in round trips: blocks stay short so that case and limit see
+/// the same machine (a pipe round trip of 10 µs makes this half a second).
+const MAX_ROUND_TRIPS_PER_BLOCK: u64 = 50_000;
+
+/// The longest throughput block, in messages.
+const MAX_MESSAGES_PER_BLOCK: u64 = 4_000_000;
+
+/// A run that reports no progress for this long is stopped (blocks take well under a second).
+const WATCHDOG_LIMIT: Duration = Duration::from_secs(60);
+
+/// `shmbus bench` options.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A short run: 10^4 round trips per latency case and 2*10^6 messages per throughput case
+    /// (well under a minute on 2 CPUs).
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON lines (one object per case) on stdout instead of the markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Append the JSON lines to FILE as well.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Recorded round trips per latency case, after warm-up [default: 100000, or 10000 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    iters: Option<u64>,
+    /// Messages per throughput case [default: 20000000, or 2000000 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    messages: Option<u64>,
+    /// The least number of blocks each case is split into, interleaved with its limit.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    blocks: u64,
+    /// Run only the groups with a case whose name contains TEXT (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    only: Vec<String>,
+    /// The two CPUs to pin the processes to, as PARENT,CHILD [default: the first two allowed].
+    #[arg(long, value_name = "A,B")]
+    cpus: Option<CpuPair>,
+    /// Pin both processes to one CPU and run only the blocking cases: the same-CPU figures,
+    /// beside which the default run shows what a wake-up across CPUs costs.
+    #[arg(long, conflicts_with = "cpus")]
+    same_cpu: bool,
+}
+
+/// `__bench-peer` options: what the parent passes to a child.
+#[derive(Args, Debug)]
+pub struct PeerArgs {
+    /// The case this child serves.
+    case: String,
+    /// The CPU to pin to.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Inherited descriptors, in the order the case expects them.
+    #[arg(long)]
+    fd: Vec<i32>,
+    /// The bus's segment-name prefix, for the shmbus cases.
+    #[arg(long, default_value = "")]
+    prefix: String,
+}
+
+/// A latency series: runs blocks of round trips.
+pub trait RoundTrip {
+    /// Runs `warm` unrecorded round trips, then `n` recorded into `hist`.
+    fn block(&mut self, warm: u64, n: u64, hist: &mut Histogram<u64>) -> Result<()>;
+    /// Tells the child to quit and checks that it exited cleanly.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A throughput series: runs blocks of one-way messages.
+pub trait Stream {
+    /// Sends `n` messages and returns what the receiver measured.
+    fn block(&mut self, n: u64) -> Result<StreamBlock>;
+    /// Tells the child to quit and checks that it exited cleanly.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// What a receiver measured over one block.
+pub struct StreamBlock {
+    /// Messages received after the first one (the clock starts at the first).
+    pub intervals: u64,
+    /// Nanoseconds from the first message to the last.
+    pub elapsed_ns: u64,
+}
+
+/// What a series needs to start its child.
+pub struct Ctx {
+    /// The parent's bus, with the run's prefix.
+    pub bus: Bus,
+    prefix: String,
+    cpus: Option<CpuPair>,
+    watchdog: watchdog::Handle,
+}
+
+impl Ctx {
+    /// Starts `__bench-peer <case>` with `extra` arguments.
+    pub fn spawn(&self, case: &str, extra: &[String]) -> Result<Peer> {
+        let mut args = vec![
+            "__bench-peer".to_string(),
+            case.to_string(),
+            "--prefix".to_string(),
+            self.prefix.clone(),
+        ];
+        if let Some(cpus) = self.cpus {
+            args.extend(["--cpu".to_string(), cpus.child.to_string()]);
+        }
+        args.extend_from_slice(extra);
+        Peer::spawn(&format!("the {case} peer"), &args, Some(&self.watchdog))
+    }
+}
+
+/// Every series the harness knows: its name, its message size, and whether it spins (then it
+/// needs two CPUs).
+const SERIES: &[(&str, usize, bool)] = &[
+    ("shm-poll-8B", 8, true),
+    ("shm-poll-64B", 64, true),
+    ("shm-poll-64KiB-write8", 65536, true),
+    ("raw-cacheline", 8, true),
+    ("shm-futex-64B", 64, false),
+    ("shm-futex-nospin-64B", 64, false),
+    ("raw-futex", 4, false),
+    ("pipe-64B", kernel::PAYLOAD, false),
+    ("unix-socket-64B", kernel::PAYLOAD, false),
+    ("shm-stream-8B", 8, true),
+    ("raw-ring-8B", 8, true),
+    ("shm-stream-64B", 64, true),
+    ("raw-ring-64B", 64, true),
+];
+
+/// Latency groups, each run interleaved. In a group, the `raw-*` series is the limit of every
+/// `shm-*` case, and any other series (pipe, socket) is an alternative a user might pick
+/// instead, reported against the group's first case.
+const LATENCY_GROUPS: &[&[&str]] = &[
+    &["shm-poll-8B", "raw-cacheline"],
+    &["shm-poll-64B", "raw-cacheline"],
+    &["shm-poll-64KiB-write8", "raw-cacheline"],
+    &[
+        "shm-futex-64B",
+        "raw-futex",
+        "shm-futex-nospin-64B",
+        "pipe-64B",
+        "unix-socket-64B",
+    ],
+];
+
+/// Throughput groups: the case and its limit.
+const STREAM_GROUPS: &[[&str; 2]] = &[
+    ["shm-stream-8B", "raw-ring-8B"],
+    ["shm-stream-64B", "raw-ring-64B"],
+];
+
+fn series(name: &str) -> (usize, bool) {
+    SERIES
+        .iter()
+        .find(|s| s.0 == name)
+        .map_or((0, false), |s| (s.1, s.2))
+}
+
+fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
+    use shm::{Msg64, Msg64K, Msg8, ShmPingPong};
+    Ok(match name {
+        "shm-poll-8B" => Box::new(ShmPingPong::<Msg8>::start(ctx, name)?),
+        "shm-poll-64B" | "shm-futex-64B" | "shm-futex-nospin-64B" => {
+            Box::new(ShmPingPong::<Msg64>::start(ctx, name)?)
+        }
+        "shm-poll-64KiB-write8" => Box::new(ShmPingPong::<Msg64K>::start(ctx, name)?),
+        "raw-cacheline" => Box::new(raw::CacheLine::start(ctx)?),
+        "raw-futex" => Box::new(raw::Futex::start(ctx)?),
+        "pipe-64B" => Box::new(kernel::KernelPingPong::start_pipe(ctx)?),
+        "unix-socket-64B" => Box::new(kernel::KernelPingPong::start_unix(ctx)?),
+        _ => bail!("unknown latency case {name}"),
+    })
+}
+
+fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
+    use shm::{Msg64, Msg8, ShmStream};
+    Ok(match name {
+        "shm-stream-8B" => Box::new(ShmStream::<Msg8>::start(ctx, name)?),
+        "shm-stream-64B" => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
+        "raw-ring-8B" => Box::new(raw::RawRing::<1>::start(ctx, name)?),
+        "raw-ring-64B" => Box::new(raw::RawRing::<8>::start(ctx, name)?),
+        _ => bail!("unknown throughput case {name}"),
+    })
+}
+
+/// The child side: `__bench-peer <case>`.
+pub fn peer_main(args: PeerArgs) -> Result<()> {
+    peer::child_setup()?;
+    if let Some(cpu) = args.cpu {
+        affinity::pin_current_thread(cpu)?;
+    }
+    let mut ctl = Control::new();
+    let fd = |k: usize| {
+        args.fd
+            .get(k)
+            .copied()
+            .ok_or_else(|| Error::msg(format!("{}: missing --fd", args.case)))
+    };
+    let case = args.case.as_str();
+    match case {
+        "raw-cacheline" => raw::cacheline_peer(&mut ctl, fd(0)?),
+        "raw-futex" => raw::futex_peer(&mut ctl, fd(0)?),
+        "raw-ring-8B" => raw::raw_ring_peer::<1>(&mut ctl, fd(0)?),
+        "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),
+        "pipe-64B" | "unix-socket-64B" => kernel::kernel_peer(&mut ctl, case, &args.fd),
+        "shm-poll-8B" => shm::ping_pong_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case),
+        "shm-poll-64B" | "shm-futex-64B" | "shm-futex-nospin-64B" => {
+            shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
+        }
+        "shm-poll-64KiB-write8" => {
+            shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &peer_bus(&args)?, case)
+        }
+        "shm-stream-8B" => shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case),
+        "shm-stream-64B" => shm::stream_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case),
+        _ => bail!("unknown case {case:?}"),
+    }
+}
+
+/// The child's bus: the parent's prefix.
+fn peer_bus(args: &PeerArgs) -> Result<Bus> {
+    Bus::builder()
+        .prefix(&args.prefix)
+        .build()
+        .context("opening the bus")
+}
+
+/// How many recorded iterations each block gets: `total` split into at least `min_blocks`
+/// blocks of at most `max_per_block`, as evenly as possible.
+fn split_blocks(total: u64, min_blocks: u64, max_per_block: u64) -> Vec<u64> {
+    let blocks = min_blocks
+        .max(total.div_ceil(max_per_block))
+        .min(total)
+        .max(1);
+    (0..blocks)
+        .map(|b| total / blocks + u64::from(b < total % blocks))
+        .collect()
+}
+
+/// The progress line on stderr: rewritten in place on a terminal, one line per group
+/// otherwise (so that a CI log stays readable).
+struct Progress {
+    tty: bool,
+}
+
+impl Progress {
+    fn group(&self, text: &str) {
+        if !self.tty {
+            eprintln!("bench: {text}");
+        }
+    }
+
+    fn show(&self, text: &str) {
+        if self.tty {
+            eprint!("\r{text:<79}");
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// Clears the line, also on an early return, so that an error starts on a clean line.
+    fn drop(&mut self) {
+        if self.tty {
+            eprint!("\r{:79}\r", "");
+        }
+    }
+}
+
+/// `shmbus bench`.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let round_trips = args
+        .iters
+        .unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let messages = args
+        .messages
+        .unwrap_or(if args.quick { 2_000_000 } else { 20_000_000 });
+    let warm_up = (round_trips / 10).max(1_000);
+    let selected = |names: &[&str]| {
+        args.only.is_empty()
+            || names
+                .iter()
+                .any(|n| args.only.iter().any(|o| n.contains(o.as_str())))
+    };
+    let latency_groups: Vec<&[&str]> = LATENCY_GROUPS
+        .iter()
+        .copied()
+        .filter(|g| selected(g))
+        .collect();
+    let stream_groups: Vec<[&str; 2]> = STREAM_GROUPS
+        .iter()
+        .copied()
+        .filter(|g| selected(g))
+        .collect();
+    if latency_groups.is_empty() && stream_groups.is_empty() {
+        bail!("no case matches --only {:?}", args.only);
+    }
+
+    let cpus = if args.same_cpu {
+        let cpu = affinity::allowed_cpus()?.first().copied().unwrap_or(0);
+        Some(CpuPair {
+            parent: cpu,
+            child: cpu,
+        })
+    } else {
+        affinity::choose(args.cpus)?
+    };
+    // Before pinning, which narrows what the machine seems to have.
+    let machine = Machine::probe(cpus);
+    if let Some(pair) = cpus {
+        // Before any thread or child is started: they inherit the parent's CPU.
+        affinity::pin_current_thread(pair.parent)?;
+    }
+    let mut notes = Vec::new();
+    let spin_ok = cpus.is_some_and(|pair| pair.parent != pair.child);
+    if args.same_cpu {
+        notes.push("--same-cpu: the spinning cases were skipped".to_string());
+    } else if !spin_ok {
+        notes.push(
+            "the spinning cases were skipped: they need two CPUs, and this process may use one"
+                .to_string(),
+        );
+    }
+
+    let unix_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    sweep::remove_stale("shmbus-bench-");
+    let prefix = format!(
+        "shmbus-bench-{}-{}.",
+        std::process::id(),
+        unix_time.as_nanos() % 1_000_000_000_000
+    );
+    // Dropped last: removes what a killed child left behind.
+    let _sweep = Sweep::new(prefix.clone());
+    let watchdog = Watchdog::start("bench", WATCHDOG_LIMIT, prefix.clone())?;
+    let bus = Bus::builder()
+        .prefix(&prefix)
+        .build()
+        .context("opening the bus")?;
+    let ctx = Ctx {
+        bus,
+        prefix,
+        cpus,
+        watchdog: watchdog.handle(),
+    };
+    let clock_ns = clock_overhead()?;
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+    };
+
+    let latency_blocks = split_blocks(round_trips, args.blocks, MAX_ROUND_TRIPS_PER_BLOCK);
+    let stream_blocks = split_blocks(messages, args.blocks, MAX_MESSAGES_PER_BLOCK);
+    let groups_total = latency_groups.len() + stream_groups.len();
+    let mut group_no = 0;
+
+    let mut latency_rows = Vec::new();
+    for group in latency_groups {
+        group_no += 1;
+        if group.iter().any(|n| series(n).1) && !spin_ok {
+            continue;
+        }
+        let label = format!("[{group_no}/{groups_total}] {}", group.join(" | "));
+        progress.group(&label);
+        progress.show(&format!("bench {label}: warm-up"));
+        let figs = run_latency_group(&ctx, group, warm_up, &latency_blocks, |b| {
+            watchdog.progress();
+            progress.show(&format!(
+                "bench {label}: block {b}/{}",
+                latency_blocks.len()
+            ));
+        })?;
+        let measured = |k: usize| Measured {
+            name: group[k],
+            payload: series(group[k]).0,
+            fig: figs[k],
+        };
+        let limit = group.iter().position(|n| n.starts_with("raw-"));
+        for (k, name) in group.iter().enumerate() {
+            if name.starts_with("shm-") {
+                latency_rows.push(LatencyRow {
+                    case: measured(k),
+                    limit: limit.map(measured),
+                    alternative_to: None,
+                });
+            } else if Some(k) != limit {
+                latency_rows.push(LatencyRow {
+                    case: measured(k),
+                    limit: None,
+                    alternative_to: Some(measured(0)),
+                });
+            }
+        }
+    }
+
+    let mut stream_rows = Vec::new();
+    for group in stream_groups {
+        group_no += 1;
+        if !spin_ok {
+            continue;
+        }
+        let label = format!("[{group_no}/{groups_total}] {}", group.join(" | "));
+        progress.group(&label);
+        progress.show(&format!("bench {label}: warm-up"));
+        let [case, limit] = run_stream_group(&ctx, group, &stream_blocks, |b| {
+            watchdog.progress();
+            progress.show(&format!("bench {label}: block {b}/{}", stream_blocks.len()));
+        })?;
+        let measured = |k: usize, fig| Measured {
+            name: group[k],
+            payload: series(group[k]).0,
+            fig,
+        };
+        stream_rows.push(StreamRow {
+            case: measured(0, case),
+            limit: measured(1, limit),
+        });
+    }
+    drop(progress);
+    drop(watchdog);
+
+    let run = RunInfo {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        unix_time: unix_time.as_secs(),
+        round_trips,
+        warm_up,
+        messages,
+        latency_blocks: latency_blocks.len() as u64,
+        stream_blocks: stream_blocks.len() as u64,
+        clock_ns,
+        stream_capacity: STREAM_CAPACITY,
+    };
+    let json = report::json_lines(&machine, &run, &latency_rows, &stream_rows);
+    if let Some(path) = &args.out {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(json.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let text = if args.json {
+        json
+    } else {
+        report::markdown(&machine, &run, &latency_rows, &stream_rows, &notes)
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("writing the report")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the two clock reads around a round trip cost: the median of back-to-back pairs.
+fn clock_overhead() -> Result<u64> {
+    let mut hist = stats::histogram()?;
+    stats::timed_round_trips(1_000, 20_000, &mut hist, |_| Ok(()))?;
+    Ok(Latency::of(&hist).p50)
+}
+
+/// Runs one latency group: a warm-up block per series, then the blocks interleaved.
+fn run_latency_group(
+    ctx: &Ctx,
+    group: &[&'static str],
+    warm_up: u64,
+    blocks: &[u64],
+    mut on_block: impl FnMut(usize),
+) -> Result<Vec<Latency>> {
+    let mut runners = Vec::new();
+    for &name in group {
+        runners.push(start_latency(name, ctx)?);
+    }
+    let mut hists = Vec::new();
+    for _ in group {
+        hists.push(stats::histogram()?);
+    }
+    let mut discard = stats::histogram()?;
+    for runner in &mut runners {
+        runner.block(warm_up, 0, &mut discard)?;
+    }
+    for (b, &n) in blocks.iter().enumerate() {
+        on_block(b + 1);
+        for (runner, hist) in runners.iter_mut().zip(&mut hists) {
+            runner.block(BLOCK_WARM_UP, n, hist)?;
+        }
+    }
+    for runner in runners {
+        runner.finish()?;
+    }
+    Ok(hists.iter().map(Latency::of).collect())
+}
+
+/// Runs one throughput group: a warm-up block each, then the blocks interleaved.
+fn run_stream_group(
+    ctx: &Ctx,
+    group: [&'static str; 2],
+    blocks: &[u64],
+    mut on_block: impl FnMut(usize),
+) -> Result<[StreamFig; 2]> {
+    let mut runners = [start_stream(group[0], ctx)?, start_stream(group[1], ctx)?];
+    let warm = blocks.first().copied().unwrap_or(2).clamp(2, 100_000);
+    for runner in &mut runners {
+        runner.block(warm)?;
+    }
+    let mut figs = [(); 2].map(|()| StreamFig {
+        rates: Vec::new(),
+        messages: 0,
+    });
+    for (b, &n) in blocks.iter().enumerate() {
+        on_block(b + 1);
+        for (runner, fig) in runners.iter_mut().zip(&mut figs) {
+            let block = runner.block(n.max(2))?;
+            fig.rates
+                .push(block.intervals as f64 * 1e9 / block.elapsed_ns as f64);
+            fig.messages += n;
+        }
+    }
+    for runner in runners {
+        runner.finish()?;
+    }
+    Ok(figs)
+}

@@ -1,0 +1,76 @@
+//! The `shmbus` command-line tool: a thin layer over the library.
+//!
+//! `shmbus demo` streams typed messages from a publisher process to a subscriber process and
+//! checks every one, then measures the round trip; `shmbus bench` measures shmbus beside the
+//! raw limits of the machine, in two pinned processes. The hidden `__demo-subscriber` and
+//! `__bench-peer` subcommands are the child processes those two start by re-executing this
+//! binary; they are not for people.
+//!
+//! A user error is one line on stderr and a non-zero exit, never a panic or a backtrace.
+
+mod affinity;
+mod bench;
+mod demo;
+mod error;
+mod peer;
+mod stats;
+mod sweep;
+mod watchdog;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A zero-copy message bus over shared memory.
+#[derive(Parser, Debug)]
+#[command(name = "shmbus", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Stream messages from a publisher process to a subscriber process, check every one,
+    /// then measure the round trip.
+    Demo(demo::DemoArgs),
+    /// Measure shmbus beside the raw limits of this machine, in two pinned processes.
+    #[command(after_help = bench::CASES_HELP)]
+    Bench(bench::BenchArgs),
+    #[command(name = "__demo-subscriber", hide = true)]
+    DemoSubscriber(demo::SubscriberArgs),
+    #[command(name = "__bench-peer", hide = true)]
+    BenchPeer(bench::PeerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Children share their parent's terminal, where a progress line may be showing.
+    let (name, child, result) = match cli.command {
+        Command::Demo(args) => ("demo", false, demo::run(args)),
+        Command::Bench(args) => ("bench", false, bench::run(args)),
+        Command::DemoSubscriber(args) => (
+            "demo: subscriber",
+            true,
+            demo::subscriber_main(args).map(|()| ExitCode::SUCCESS),
+        ),
+        Command::BenchPeer(args) => (
+            "bench: peer",
+            true,
+            bench::peer_main(args).map(|()| ExitCode::SUCCESS),
+        ),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let fresh_line = if child && std::io::stderr().is_terminal() {
+                "\n"
+            } else {
+                ""
+            };
+            eprintln!("{fresh_line}shmbus {name}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
