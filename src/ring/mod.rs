@@ -24,3 +24,10 @@ pub use storage::{HeapSlots, SlotStorage};
 pub(crate) fn stamp_for(seq: u64) -> u32 {
     (seq as u32).wrapping_add(1)
 }
+
+/// The tag of a slot holding message `seq` of `len` bytes: stamp low, length high, so that in
+/// memory (little-endian) the stamp is bytes 0..4 and the length bytes 4..8 of the slot.
+#[inline(always)]
+pub(crate) fn tag(seq: u64, len: u32) -> u64 {
+    (len as u64) << 32 | stamp_for(seq) as u64
+}

@@ -7,8 +7,8 @@
 //! - The producer writes a slot only while `tail - head < capacity`. It keeps `cached_head` and
 //!   reloads the shared `head` only when the cached value says the ring is full, so in steady
 //!   state it never reads a line the consumer writes.
-//! - The consumer never reads `tail`: it polls the stamp of slot `head & mask`, which says
-//!   "message `head` is here" once the producer's Release store of it lands (see `ring::stamp_for`).
+//! - The consumer never reads `tail`: it polls the tag of slot `head & mask`, whose stamp says
+//!   "message `head` is here" once the producer's Release store of it lands (see `ring::tag`).
 //!
 //! A message becomes visible with that single Release store, after its bytes and length are
 //! written; a slot is given back with the consumer's single Release store of `head`, after its
@@ -16,9 +16,9 @@
 //!
 //! Hostile peers: `head` is read from shared memory and may be anything; any value only makes
 //! the producer see a full or an emptier ring (wrapping arithmetic, no index is derived from it).
-//! Stamps and lengths are read once; a length above the slot size is reported, never used.
+//! A tag is read once; a length above the slot size is reported, never used.
 
-use super::{stamp_for, SlotStorage};
+use super::{stamp_for, tag, SlotStorage};
 use crate::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -171,13 +171,12 @@ impl<S: SlotStorage> Producer<S> {
         debug_assert!(len <= self.storage.slot_size());
         debug_assert!(self.tail.wrapping_sub(self.cached_head) < self.mask + 1);
         let index = (self.tail & self.mask) as usize;
-        // Relaxed: ordered before the stamp by the Release store below.
-        self.storage.len(index).store(len, Ordering::Relaxed);
-        // Release: pairs with the consumer's Acquire load of the stamp in `peek`: the payload
-        // and the length are visible before the stamp says the message is there.
+        // Release: pairs with the consumer's Acquire load of the tag in `peek`: the payload is
+        // visible before the tag says the message is there. One store for stamp and length, so
+        // that neither can be seen without the other.
         self.storage
-            .stamp(index)
-            .store(stamp_for(self.tail), Ordering::Release);
+            .tag(index)
+            .store(tag(self.tail, len), Ordering::Release);
         self.tail = self.tail.wrapping_add(1);
         self.cursors().tail.store(self.tail, Ordering::Relaxed);
     }
@@ -228,11 +227,12 @@ impl<S: SlotStorage> Consumer<S> {
     #[inline(always)]
     pub fn peek(&self) -> Peek {
         let index = (self.head & self.mask) as usize;
-        // Acquire: pairs with the producer's Release store of the stamp in `commit`.
-        if self.storage.stamp(index).load(Ordering::Acquire) != stamp_for(self.head) {
+        // Acquire: pairs with the producer's Release store of the tag in `commit`.
+        let tag = self.storage.tag(index).load(Ordering::Acquire);
+        if tag as u32 != stamp_for(self.head) {
             return Peek::Empty;
         }
-        let len = self.storage.len(index).load(Ordering::Relaxed);
+        let len = (tag >> 32) as u32;
         if len > self.storage.slot_size() {
             return Peek::BadLength {
                 seq: self.head,
@@ -342,7 +342,7 @@ mod tests {
         let i = r.p.try_claim().unwrap();
         r.p.commit(8);
         // A hostile producer rewrites the length after publishing.
-        r.p.storage().len(i).store(9, Ordering::Relaxed);
+        r.p.storage().tag(i).store(tag(0, 9), Ordering::Relaxed);
         assert_eq!(r.c.peek(), Peek::BadLength { seq: 0, len: 9 });
     }
 

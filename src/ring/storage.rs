@@ -1,13 +1,12 @@
 //! Where a ring's slots live: in a mapped segment, or on the heap (tests, loom).
 
-use crate::sync::{AtomicU32, UnsafeCell};
+use crate::sync::{AtomicU64, UnsafeCell};
 
-/// A ring's slot array: for each slot index below `capacity`, a stamp word, a length word and
-/// `slot_size` payload bytes.
+/// A ring's slot array: for each slot index below `capacity`, a tag word and `slot_size` payload
+/// bytes.
 ///
 /// # Safety
-/// Implementors guarantee that for every `index < capacity()`, `stamp(index)` and `len(index)`
-/// are valid, and that the pointer handed to the closures of `with_payload` and
+/// Implementors guarantee that for every `index < capacity()`, `tag(index)` is valid, and that the pointer handed to the closures of `with_payload` and
 /// `with_payload_mut` is valid for reads (and writes) of `slot_size()` bytes and aligned to the
 /// payload alignment the ring was built for. Callers must pass `index < capacity()`.
 pub unsafe trait SlotStorage {
@@ -15,10 +14,9 @@ pub unsafe trait SlotStorage {
     fn capacity(&self) -> u64;
     /// Bytes of payload a slot holds.
     fn slot_size(&self) -> u32;
-    /// The slot's stamp (see `ring::stamp_for`).
-    fn stamp(&self, index: usize) -> &AtomicU32;
-    /// The length of the message in the slot.
-    fn len(&self, index: usize) -> &AtomicU32;
+    /// The slot's tag: the stamp (see `ring::stamp_for`) in the low 32 bits, the message's
+    /// length in the high 32 (see `ring::tag`), written together with one Release store.
+    fn tag(&self, index: usize) -> &AtomicU64;
     /// Read the slot's payload through a pointer valid for the closure's duration.
     fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R;
     /// Write the slot's payload through a pointer valid for the closure's duration.
@@ -33,11 +31,8 @@ unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
     fn slot_size(&self) -> u32 {
         (**self).slot_size()
     }
-    fn stamp(&self, index: usize) -> &AtomicU32 {
-        (**self).stamp(index)
-    }
-    fn len(&self, index: usize) -> &AtomicU32 {
-        (**self).len(index)
+    fn tag(&self, index: usize) -> &AtomicU64 {
+        (**self).tag(index)
     }
     fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
         (**self).with_payload(index, f)
@@ -47,8 +42,9 @@ unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
     }
 }
 
-/// Slots in a mapped segment: `slot i` starts at `base + i * stride`, with its stamp and length
-/// words first and its payload at `payload_offset`.
+/// Slots in a mapped segment: `slot i` starts at `base + i * stride`, with its tag word first
+/// (little-endian: the stamp in bytes 0..4, the length in bytes 4..8) and its payload at
+/// `payload_offset`.
 #[cfg(not(shmbus_loom))]
 #[derive(Debug)]
 pub struct MappedSlots {
@@ -62,7 +58,7 @@ pub struct MappedSlots {
 }
 
 // SAFETY: `MappedSlots` is a view of shared memory that every access reaches through atomics
-// (stamp, len) or through the ring protocol, which hands each slot to one side at a time; the
+// (the tag) or through the ring protocol, which hands each slot to one side at a time; the
 // pointer is not tied to the creating thread.
 #[cfg(not(shmbus_loom))]
 unsafe impl Send for MappedSlots {}
@@ -101,7 +97,7 @@ impl MappedSlots {
 }
 
 // SAFETY: `new`'s contract gives a mapped slot array of `capacity * stride` bytes; each slot
-// starts 8-aligned with the stamp and length words, and its payload lies within it.
+// starts 8-aligned with the tag word, and its payload lies within it.
 #[cfg(not(shmbus_loom))]
 unsafe impl SlotStorage for MappedSlots {
     #[inline(always)]
@@ -115,16 +111,11 @@ unsafe impl SlotStorage for MappedSlots {
     }
 
     #[inline(always)]
-    fn stamp(&self, index: usize) -> &AtomicU32 {
-        // SAFETY: the slot starts 8-aligned inside the mapping with a 4-byte stamp word; an
-        // `AtomicU32` is valid for any bits, and other processes only touch it atomically.
-        unsafe { &*(self.slot(index) as *const AtomicU32) }
-    }
-
-    #[inline(always)]
-    fn len(&self, index: usize) -> &AtomicU32 {
-        // SAFETY: as for `stamp`, at offset 4 of the slot header.
-        unsafe { &*(self.slot(index).add(4) as *const AtomicU32) }
+    fn tag(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: the slot starts 8-aligned (stride and slots offset are multiples of the
+        // payload offset, itself at least 8) inside the mapping with an 8-byte tag word; an
+        // `AtomicU64` is valid for any bits, and other processes only touch it atomically.
+        unsafe { &*(self.slot(index) as *const AtomicU64) }
     }
 
     #[inline(always)]
@@ -142,8 +133,7 @@ unsafe impl SlotStorage for MappedSlots {
 /// accesses loom tracks, so a read that races a write fails the model.
 #[derive(Debug)]
 pub struct HeapSlots {
-    stamps: Box<[AtomicU32]>,
-    lens: Box<[AtomicU32]>,
+    tags: Box<[AtomicU64]>,
     payloads: Box<[UnsafeCell<[u64; HEAP_SLOT_WORDS]>]>,
 }
 
@@ -158,8 +148,7 @@ impl HeapSlots {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity.is_power_of_two() && capacity >= 2);
         Self {
-            stamps: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
-            lens: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            tags: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             payloads: (0..capacity)
                 .map(|_| UnsafeCell::new([0; HEAP_SLOT_WORDS]))
                 .collect(),
@@ -173,22 +162,18 @@ unsafe impl Sync for HeapSlots {}
 // SAFETY: as above; nothing in it is tied to a thread.
 unsafe impl Send for HeapSlots {}
 
-// SAFETY: every index below `capacity` has a stamp, a length and an 8-aligned 8-byte payload.
+// SAFETY: every index below `capacity` has a tag and an 8-aligned 8-byte payload.
 unsafe impl SlotStorage for HeapSlots {
     fn capacity(&self) -> u64 {
-        self.stamps.len() as u64
+        self.tags.len() as u64
     }
 
     fn slot_size(&self) -> u32 {
         (HEAP_SLOT_WORDS * 8) as u32
     }
 
-    fn stamp(&self, index: usize) -> &AtomicU32 {
-        &self.stamps[index]
-    }
-
-    fn len(&self, index: usize) -> &AtomicU32 {
-        &self.lens[index]
+    fn tag(&self, index: usize) -> &AtomicU64 {
+        &self.tags[index]
     }
 
     fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
