@@ -256,12 +256,7 @@ impl<T: ?Sized> Subscriber<T> {
     }
 
     #[inline]
-    fn poll_empty(&mut self) -> Result<Option<Ready>, RecvError> {
-        // About to report "nothing": give back every slot read, so that the publisher never
-        // waits for slots this side is done with.
-        if self.consumer.flush() {
-            self.control().space.notify(&Futex);
-        }
+    fn poll_empty(&self) -> Result<Option<Ready>, RecvError> {
         // Acquire: pairs with the publisher's Release store at close; every message it sent is
         // visible, so an empty ring after this load means nothing more will come.
         if self.control().peers.publisher.load(Ordering::Acquire) != 0 {
@@ -275,9 +270,8 @@ impl<T: ?Sized> Subscriber<T> {
 
     #[inline(always)]
     fn release(&mut self) {
-        if self.consumer.release() {
-            self.control().space.notify(&Futex);
-        }
+        self.consumer.release();
+        self.control().space.notify(&Futex);
     }
 
     fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<Ready>, RecvError> {
@@ -350,9 +344,7 @@ impl<T: ?Sized> Subscriber<T> {
 
 impl<T: ?Sized> Drop for Subscriber<T> {
     fn drop(&mut self) {
-        self.consumer.flush();
         let control = self.control();
-        control.space.notify(&Futex);
         if self.wait.may_sleep() {
             control.data.lower_may_sleep();
         }
