@@ -73,5 +73,10 @@ pub use error::{
 };
 pub use wait::WaitStrategy;
 
+// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Re-exported so that users derive `Pod` and `Zeroable` on their message types.
 pub use bytemuck;
