@@ -22,7 +22,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\x01");
 /// The format version this build reads and writes. Bumped on any change of the layout.
 pub const FORMAT_VERSION: u32 = 1;
-/// Size of [`SegmentHeader`] as reserved at the start of the segment.
+/// Bytes reserved for the header at the start of the segment.
 pub const HEADER_SIZE: usize = 256;
 /// Value of `state` once the creator has initialised everything: `b"REDY"`.
 pub const STATE_READY: u32 = u32::from_le_bytes(*b"REDY");
