@@ -128,7 +128,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             inner: Inner {
                 producer,
                 control,
-                wait: self.wait.for_this_process(),
+                wait: self.wait,
                 barrier_ok,
                 slot_size: geometry.slot_size,
             },

@@ -147,7 +147,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         Ok(Subscriber {
             consumer,
             control,
-            wait: self.wait.for_this_process(),
+            wait: self.wait,
             barrier_ok,
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),

@@ -55,8 +55,7 @@ pub enum WaitStrategy {
     /// Spin a little, then `sched_yield` between checks: for oversubscribed machines.
     SpinYield,
     /// Adaptive: check `spin` times with a spin hint, then sleep on a futex until woken.
-    /// The other side makes the wake syscall only while someone sleeps. A process that can run
-    /// on one CPU only skips the spin (the peer could not run during it).
+    /// The other side makes the wake syscall only while someone sleeps.
     Futex {
         /// How many times to check before sleeping (0: sleep at once).
         spin: u32,
@@ -72,54 +71,12 @@ impl WaitStrategy {
     pub fn may_sleep(&self) -> bool {
         matches!(self, WaitStrategy::Futex { .. })
     }
-
-    /// The strategy as this process should run it: on a single CPU (an affinity mask or a
-    /// cgroup quota of one), spinning before a futex sleep only delays the peer, which cannot
-    /// run meanwhile, so the spin is dropped. Decided once, when a handle is made (the check
-    /// reads the affinity mask and cgroup files, which a hot path must not do).
-    #[cfg(not(shmbus_loom))]
-    pub(crate) fn for_this_process(self) -> Self {
-        match self {
-            WaitStrategy::Futex { .. }
-                if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) =>
-            {
-                WaitStrategy::Futex { spin: 0 }
-            }
-            other => other,
-        }
-    }
 }
 
 impl Default for WaitStrategy {
     fn default() -> Self {
         WaitStrategy::Futex {
             spin: Self::DEFAULT_SPIN,
-        }
-    }
-}
-
-#[cfg(all(test, not(shmbus_loom)))]
-mod tests {
-    use super::WaitStrategy;
-    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
-
-    #[test]
-    fn a_thread_held_to_one_cpu_does_not_spin_before_sleeping() {
-        let adaptive = WaitStrategy::Futex { spin: 100 };
-        let allowed = sched_getaffinity(None).expect("affinity");
-        let first = (0..CpuSet::MAX_CPU)
-            .find(|&c| allowed.is_set(c))
-            .expect("a CPU");
-        let mut one = CpuSet::new();
-        one.set(first);
-        // `available_parallelism` reads the calling thread's mask: pin this test's thread only.
-        sched_setaffinity(None, &one).expect("pin");
-        let on_one_cpu = adaptive.for_this_process();
-        sched_setaffinity(None, &allowed).expect("unpin");
-        assert_eq!(on_one_cpu, WaitStrategy::Futex { spin: 0 });
-        assert_eq!(WaitStrategy::Spin.for_this_process(), WaitStrategy::Spin);
-        if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
-            assert_eq!(adaptive.for_this_process(), adaptive);
         }
     }
 }
