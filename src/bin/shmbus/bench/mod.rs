@@ -34,6 +34,8 @@ pub const CASES_HELP: &str = "\
 Cases (each measured beside its limit, interleaved in short blocks):
   shm-poll-8B, shm-poll-64B      round trip, polling             limit raw-cacheline
   shm-poll-64KiB-write8          64 KiB slots, 8 bytes written   limit raw-cacheline
+  raw-two-lines                  a bare ping on one line, the answer on another: the least
+                                 any round trip over two topics moves (beside shm-poll-8B)
   shm-futex-64B                  round trip, adaptive futex wait limit raw-futex
   shm-futex-nospin-64B           round trip, futex wait at once  limit raw-futex
   pipe-64B, unix-socket-64B      what a user would use instead, beside shm-futex-64B
@@ -163,6 +165,7 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-poll-64B", 64, true),
     ("shm-poll-64KiB-write8", 65536, true),
     ("raw-cacheline", 8, true),
+    ("raw-two-lines", 8, true),
     ("shm-futex-64B", 64, false),
     ("shm-futex-nospin-64B", 64, false),
     ("raw-futex", 4, false),
@@ -178,7 +181,8 @@ const SERIES: &[(&str, usize, bool)] = &[
 /// `shm-*` case, and any other series (pipe, socket) is an alternative a user might pick
 /// instead, reported against the group's first case.
 const LATENCY_GROUPS: &[&[&str]] = &[
-    &["shm-poll-8B", "raw-cacheline"],
+    // raw-two-lines: one line each way, what a round trip over two topics must move at least.
+    &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
     &["shm-poll-64B", "raw-cacheline"],
     &["shm-poll-64KiB-write8", "raw-cacheline"],
     &[
@@ -211,7 +215,7 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
             Box::new(ShmPingPong::<Msg64>::start(ctx, name)?)
         }
         "shm-poll-64KiB-write8" => Box::new(ShmPingPong::<Msg64K>::start(ctx, name)?),
-        "raw-cacheline" => Box::new(raw::CacheLine::start(ctx)?),
+        "raw-cacheline" | "raw-two-lines" => Box::new(raw::CacheLine::start(ctx, name)?),
         "raw-futex" => Box::new(raw::Futex::start(ctx)?),
         "pipe-64B" => Box::new(kernel::KernelPingPong::start_pipe(ctx)?),
         "unix-socket-64B" => Box::new(kernel::KernelPingPong::start_unix(ctx)?),
@@ -245,7 +249,7 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
     };
     let case = args.case.as_str();
     match case {
-        "raw-cacheline" => raw::cacheline_peer(&mut ctl, fd(0)?),
+        "raw-cacheline" | "raw-two-lines" => raw::cacheline_peer(&mut ctl, fd(0)?, case),
         "raw-futex" => raw::futex_peer(&mut ctl, fd(0)?),
         "raw-ring-8B" => raw::raw_ring_peer::<1>(&mut ctl, fd(0)?),
         "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),

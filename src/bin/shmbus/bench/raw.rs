@@ -124,21 +124,35 @@ fn start_with_region(ctx: &Ctx, case: &str, len: usize) -> Result<(Region, Peer)
 // ---------------------------------------------------------------------------------------
 // raw-cacheline
 
-/// The parent side of `raw-cacheline`.
+/// Where the answer goes: on the ping's own line (`raw-cacheline`, the hardware's limit), or
+/// on a line of its own (`raw-two-lines`: what any request/response over two topics must
+/// move, one line each way). 256 bytes apart, so that no adjacent-line prefetch pairs them.
+pub fn answer_offset(case: &str) -> usize {
+    if case == "raw-two-lines" {
+        256
+    } else {
+        0
+    }
+}
+
+/// The parent side of `raw-cacheline` and `raw-two-lines`.
 pub struct CacheLine {
     region: Region,
     peer: Peer,
+    /// Offset of the answer word: see [`answer_offset`].
+    answer: usize,
     /// The counter's value between round trips: always even.
     value: u64,
 }
 
 impl CacheLine {
     /// Starts the child and waits for it.
-    pub fn start(ctx: &Ctx) -> Result<CacheLine> {
-        let (region, peer) = start_with_region(ctx, "raw-cacheline", PAGE)?;
+    pub fn start(ctx: &Ctx, case: &'static str) -> Result<CacheLine> {
+        let (region, peer) = start_with_region(ctx, case, PAGE)?;
         Ok(CacheLine {
             region,
             peer,
+            answer: answer_offset(case),
             value: 0,
         })
     }
@@ -148,13 +162,14 @@ impl RoundTrip for CacheLine {
     fn block(&mut self, warm: u64, n: u64, hist: &mut Histogram<u64>) -> Result<()> {
         self.peer.run(warm + n)?;
         let line = self.region.u64_at(0);
+        let answer = self.region.u64_at(self.answer);
         let mut value = self.value;
         timed_round_trips(warm, n, hist, |_| {
             // Release pairs with the child's Acquire load: nothing is carried, but it keeps
             // the round trip as strong as a real message's.
             line.store(value + 1, Ordering::Release);
             // Acquire pairs with the child's Release store of the answer.
-            while line.load(Ordering::Acquire) != value + 2 {
+            while answer.load(Ordering::Acquire) != value + 2 {
                 spin_loop();
             }
             value += 2;
@@ -170,10 +185,12 @@ impl RoundTrip for CacheLine {
     }
 }
 
-/// The child side of `raw-cacheline`: answers each odd value with the next even one.
-pub fn cacheline_peer(ctl: &mut Control, fd: RawFd) -> Result<()> {
+/// The child side of `raw-cacheline` and `raw-two-lines`: answers each odd value with the
+/// next even one.
+pub fn cacheline_peer(ctl: &mut Control, fd: RawFd, case: &str) -> Result<()> {
     let region = Region::inherit(fd, PAGE)?;
     let line = region.u64_at(0);
+    let answer = region.u64_at(answer_offset(case));
     ctl.reply("ready")?;
     let mut value = 0u64;
     while let Some(n) = ctl.next_run()? {
@@ -183,7 +200,7 @@ pub fn cacheline_peer(ctl: &mut Control, fd: RawFd) -> Result<()> {
                 spin_loop();
             }
             // Release pairs with the parent's Acquire load of the answer.
-            line.store(value + 2, Ordering::Release);
+            answer.store(value + 2, Ordering::Release);
             value += 2;
         }
         ctl.reply("done")?;
