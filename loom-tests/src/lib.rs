@@ -25,4 +25,4 @@ mod ring;
 #[cfg(shmbus_loom)]
 pub use park::ModelFutex;
 #[cfg(shmbus_loom)]
-pub use ring::{ring, value_of, Rx, Slots, Tx, MESSAGE_LEN};
+pub use ring::{ring, ring_batched, value_of, Rx, Slots, Tx, MESSAGE_LEN};

@@ -36,8 +36,17 @@ pub struct Rx {
 /// A fresh ring of `capacity` slots. Call inside `loom::model`: its atomics and cells belong to
 /// one execution.
 pub fn ring(capacity: usize) -> (Tx, Rx) {
+    ring_with(HeapSlots::new(capacity))
+}
+
+/// A fresh ring whose consumer gives slots back `batch` at a time, as mapped rings do.
+pub fn ring_batched(capacity: usize, batch: u64) -> (Tx, Rx) {
+    ring_with(HeapSlots::with_release_batch(capacity, batch))
+}
+
+fn ring_with(slots: HeapSlots) -> (Tx, Rx) {
     let cursors = Arc::new(SpscCursors::new());
-    let slots: Slots = Arc::new(HeapSlots::new(capacity));
+    let slots: Slots = Arc::new(slots);
     // SAFETY: `Tx` keeps the cursors alive for the producer's life; the slots are this ring's;
     // this is the ring's only producer.
     let producer = unsafe { Producer::new(&*cursors, slots.clone()) };
@@ -91,7 +100,7 @@ impl Tx {
 
 impl Rx {
     /// Read the next message in place and release its slot, if one is there; returns its
-    /// sequence number and value.
+    /// sequence number and value. Finding none, gives back every slot read (`flush`).
     ///
     /// # Panics
     /// If the ring reports a bad length or a wrong sequence number: an honest producer never
@@ -99,7 +108,11 @@ impl Rx {
     pub fn try_recv(&mut self) -> Option<(u64, u64)> {
         let expected_seq = self.consumer.next_seq();
         let ready = match self.consumer.peek() {
-            Peek::Empty => return None,
+            Peek::Empty => {
+                // As the bus does before it waits: give back every slot read.
+                self.consumer.flush();
+                return None;
+            }
             Peek::Ready(ready) => ready,
             bad @ Peek::BadLength { .. } => panic!("an honest producer gave {bad:?}"),
         };
@@ -114,7 +127,7 @@ impl Rx {
                 // writing).
                 unsafe { (payload as *const u64).read() }
             });
-        self.consumer.release();
+        let _published = self.consumer.release();
         Some((ready.seq, value))
     }
 

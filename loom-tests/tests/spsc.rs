@@ -6,7 +6,7 @@
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 use shmbus::ring::SlotStorage;
-use shmbus_loom_tests::{ring, value_of};
+use shmbus_loom_tests::{ring, ring_batched, value_of};
 use std::sync::Arc;
 
 /// The smallest ring: every message after the second reuses a slot.
@@ -20,9 +20,21 @@ const PAST_CAPACITY: u64 = 2;
 /// A producer thread sends `capacity + PAST_CAPACITY` messages, yielding while the ring is
 /// full; the consumer (the model's main thread) receives them, yielding while it is empty.
 fn transfer(capacity: usize) {
+    transfer_with(capacity, 1);
+}
+
+/// The same, with the consumer giving slots back `batch` at a time (and all of them when it
+/// finds the ring empty): no slot is reused before a release covers it. (Liveness never
+/// depends on the flush: a consumer waiting for message k has released all but `batch - 1`
+/// slots, so with `batch <= capacity` the producer can always write k.)
+fn transfer_with(capacity: usize, batch: u64) {
     let messages = capacity as u64 + PAST_CAPACITY;
     loom::model(move || {
-        let (mut tx, mut rx) = ring(capacity);
+        let (mut tx, mut rx) = if batch == 1 {
+            ring(capacity)
+        } else {
+            ring_batched(capacity, batch)
+        };
         let producer = thread::spawn(move || {
             for _ in 0..messages {
                 tx.send();
@@ -44,6 +56,14 @@ fn every_message_arrives_once_in_order_capacity_2() {
 #[test]
 fn every_message_arrives_once_in_order_capacity_4() {
     transfer(CAPACITY);
+}
+
+/// Batched release, as in a mapped ring: 2 slots at a time in a ring of 4.
+const RELEASE_BATCH: u64 = 2;
+
+#[test]
+fn every_message_arrives_once_in_order_with_batched_release() {
+    transfer_with(CAPACITY, RELEASE_BATCH);
 }
 
 /// A full ring refuses a claim until the consumer releases the oldest slot; once the release

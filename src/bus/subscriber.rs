@@ -256,7 +256,12 @@ impl<T: ?Sized> Subscriber<T> {
     }
 
     #[inline]
-    fn poll_empty(&self) -> Result<Option<Ready>, RecvError> {
+    fn poll_empty(&mut self) -> Result<Option<Ready>, RecvError> {
+        // About to report "nothing": give back every slot read, so that the publisher never
+        // waits for slots this side is done with.
+        if self.consumer.flush() {
+            self.control().space.notify(&Futex);
+        }
         // Acquire: pairs with the publisher's Release store at close; every message it sent is
         // visible, so an empty ring after this load means nothing more will come.
         if self.control().peers.publisher.load(Ordering::Acquire) != 0 {
@@ -270,8 +275,9 @@ impl<T: ?Sized> Subscriber<T> {
 
     #[inline(always)]
     fn release(&mut self) {
-        self.consumer.release();
-        self.control().space.notify(&Futex);
+        if self.consumer.release() {
+            self.control().space.notify(&Futex);
+        }
     }
 
     fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<Ready>, RecvError> {
@@ -344,7 +350,9 @@ impl<T: ?Sized> Subscriber<T> {
 
 impl<T: ?Sized> Drop for Subscriber<T> {
     fn drop(&mut self) {
+        self.consumer.flush();
         let control = self.control();
+        control.space.notify(&Futex);
         if self.wait.may_sleep() {
             control.data.lower_may_sleep();
         }
@@ -358,7 +366,9 @@ impl<T: ?Sized> Drop for Subscriber<T> {
 }
 
 /// A received message, read in place in the shared mapping. Dropping it gives the slot back to
-/// the publisher.
+/// the publisher: slots go back in batches of about 1 KiB of slots (so that a streaming
+/// publisher refills lines the subscriber has left), and all at once whenever the subscriber
+/// finds no message waiting or is dropped.
 ///
 /// The subscriber stays borrowed while a sample lives:
 /// ```compile_fail,E0499

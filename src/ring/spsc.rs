@@ -190,6 +190,11 @@ pub struct Consumer<S> {
     mask: u64,
     /// Next sequence to read.
     head: u64,
+    /// The `head` last stored to shared memory: `published <= head`, and
+    /// `head - published < release_batch` after every `release` and `0` after every `flush`.
+    published: u64,
+    /// Slots freed at once (`storage.release_batch()`), at least 1.
+    release_batch: u64,
 }
 
 // SAFETY: as for `Producer`.
@@ -206,8 +211,10 @@ impl<S: SlotStorage> Consumer<S> {
         Self {
             cursors,
             mask: storage.capacity() - 1,
+            release_batch: storage.release_batch().max(1),
             storage,
             head,
+            published: head,
         }
     }
 
@@ -246,13 +253,40 @@ impl<S: SlotStorage> Consumer<S> {
         })
     }
 
-    /// Give slot `head` back to the producer and move on to the next message. Call only after
-    /// `peek` found the message (ready or bad).
+    /// Be done with slot `head` and move on to the next message. Call only after `peek` found
+    /// the message (ready or bad).
+    ///
+    /// Slots go back to the producer `release_batch` at a time: a consumer that published its
+    /// head after every message would have the producer refill the slot just read, on the very
+    /// cache line the consumer reads next, and that line would cross between the two cores on
+    /// every message of a full ring. Returns whether the head was published (the caller then
+    /// wakes a producer that sleeps for space). Call [`Consumer::flush`] before waiting for
+    /// messages, so that a producer never waits for slots that were already read.
     #[inline(always)]
-    pub fn release(&mut self) {
+    pub fn release(&mut self) -> bool {
         self.head = self.head.wrapping_add(1);
+        if self.head.wrapping_sub(self.published) < self.release_batch {
+            return false;
+        }
+        self.publish();
+        true
+    }
+
+    /// Give back every slot read so far. Returns whether there was anything to give back.
+    #[inline]
+    pub fn flush(&mut self) -> bool {
+        if self.published == self.head {
+            return false;
+        }
+        self.publish();
+        true
+    }
+
+    #[inline(always)]
+    fn publish(&mut self) {
+        self.published = self.head;
         // Release: pairs with the producer's Acquire load of `head` in `reload_head`: our reads
-        // of the slot happen before the producer reuses it.
+        // of the slots before `head` happen before the producer reuses them.
         // SAFETY: the cursors are valid for our life (constructor's contract).
         unsafe { &*self.cursors }
             .head
@@ -334,6 +368,30 @@ mod tests {
         }
         assert_eq!(next_in, next_out);
         assert_eq!(r.p.next_seq(), r.c.next_seq());
+    }
+
+    #[test]
+    fn slots_go_back_in_batches_and_on_flush() {
+        let cursors = Box::new(SpscCursors::new());
+        let slots = Arc::new(HeapSlots::with_release_batch(8, 2));
+        // SAFETY: `cursors` outlives both sides (declared first, dropped last); one of each.
+        let mut p = unsafe { Producer::new(&*cursors, slots.clone()) };
+        // SAFETY: as above.
+        let mut c = unsafe { Consumer::new(&*cursors, slots) };
+        for v in 0..8 {
+            assert!(send(&mut p, v));
+        }
+        assert!(!send(&mut p, 8), "full");
+        assert_eq!(recv(&mut c), Some(0));
+        assert!(!send(&mut p, 8), "one slot read, none given back yet");
+        assert_eq!(recv(&mut c), Some(1));
+        assert!(send(&mut p, 8), "two read: a batch given back");
+        assert!(send(&mut p, 9));
+        assert!(!send(&mut p, 10));
+        assert_eq!(recv(&mut c), Some(2));
+        assert!(c.flush(), "one slot pending");
+        assert!(!c.flush(), "nothing pending");
+        assert!(send(&mut p, 10));
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub unsafe trait SlotStorage {
     fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R;
     /// Write the slot's payload through a pointer valid for the closure's duration.
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R;
+    /// How many slots the consumer frees at once (see `spsc::Consumer::release`): at least 1,
+    /// at most a quarter of the capacity.
+    fn release_batch(&self) -> u64 {
+        1
+    }
 }
 
 // SAFETY: forwards to `S`, whose guarantees hold through a shared pointer.
@@ -39,6 +44,9 @@ unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
     }
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
         (**self).with_payload_mut(index, f)
+    }
+    fn release_batch(&self) -> u64 {
+        (**self).release_batch()
     }
 }
 
@@ -127,12 +135,26 @@ unsafe impl SlotStorage for MappedSlots {
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
         f(self.payload_ptr(index))
     }
+
+    /// Slots covering [`RELEASE_BYTES`]: a full ring's producer then refills whole cache lines
+    /// the consumer has left, instead of the line it is reading. Measured with
+    /// `shmbus bench --only stream`, back to back on one machine: 8-byte messages 55 -> 104 M
+    /// msgs/s, 64-byte 60 -> 92 M (release per message -> per 1 KiB of slots).
+    fn release_batch(&self) -> u64 {
+        (RELEASE_BYTES / self.stride as u64).clamp(1, (self.capacity / 4).max(1))
+    }
 }
+
+/// Bytes of slots the consumer frees at once in a mapped ring (256 bytes gave 8-byte messages
+/// the same gain but 64-byte ones none; 4096 gave no more than 1024).
+#[cfg(not(shmbus_loom))]
+const RELEASE_BYTES: u64 = 1024;
 
 /// Slots on the heap, for in-process tests and loom models. Each payload lives in a cell whose
 /// accesses loom tracks, so a read that races a write fails the model.
 #[derive(Debug)]
 pub struct HeapSlots {
+    release_batch: u64,
     tags: Box<[AtomicU64]>,
     payloads: Box<[UnsafeCell<[u64; HEAP_SLOT_WORDS]>]>,
 }
@@ -148,10 +170,25 @@ impl HeapSlots {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity.is_power_of_two() && capacity >= 2);
         Self {
+            release_batch: 1,
             tags: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             payloads: (0..capacity)
                 .map(|_| UnsafeCell::new([0; HEAP_SLOT_WORDS]))
                 .collect(),
+        }
+    }
+}
+
+impl HeapSlots {
+    /// The same, with the consumer freeing slots `batch` at a time (as mapped rings do).
+    ///
+    /// # Panics
+    /// If `capacity` is not a power of two of at least 2, or `batch` is 0.
+    pub fn with_release_batch(capacity: usize, batch: u64) -> Self {
+        assert!(batch >= 1);
+        Self {
+            release_batch: batch,
+            ..Self::new(capacity)
         }
     }
 }
@@ -182,5 +219,9 @@ unsafe impl SlotStorage for HeapSlots {
 
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
         self.payloads[index].with_mut(|p| f(p as *mut u8))
+    }
+
+    fn release_batch(&self) -> u64 {
+        self.release_batch
     }
 }
