@@ -136,7 +136,7 @@ unsafe impl SlotStorage for MappedSlots {
         f(self.payload_ptr(index))
     }
 
-    /// Slots covering [`RELEASE_BYTES`]: a full ring's producer then refills whole cache lines
+    /// Slots covering 1 KiB (`RELEASE_BYTES`): a full ring's producer then refills whole cache lines
     /// the consumer has left, instead of the line it is reading. Measured with
     /// `shmbus bench --only stream`, back to back on one machine: 8-byte messages 55 -> 104 M
     /// msgs/s, 64-byte 60 -> 92 M (release per message -> per 1 KiB of slots).
