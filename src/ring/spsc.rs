@@ -11,8 +11,9 @@
 //!   "message `head` is here" once the producer's Release store of it lands (see `ring::tag`).
 //!
 //! A message becomes visible with that single Release store, after its bytes and length are
-//! written; a slot is given back with the consumer's single Release store of `head`, after its
-//! reads. Neither side waits here: `try_*` only (waiting is `crate::wait`'s).
+//! written; slots are given back with the consumer's Release store of `head`, after its reads,
+//! a batch at a time (`SlotStorage::release_batch`) and all at once before it waits
+//! (`Consumer::flush`). Neither side waits here: `try_*` only (waiting is `crate::wait`'s).
 //!
 //! Hostile peers: `head` is read from shared memory and may be anything; any value only makes
 //! the producer see a full or an emptier ring (wrapping arithmetic, no index is derived from it).
