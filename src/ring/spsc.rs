@@ -1,8 +1,8 @@
 //! The single-producer single-consumer ring.
 //!
 //! Sequence numbers count messages from 0; message `seq` lives in slot `seq & (capacity - 1)`.
-//! The producer owns `tail` (the next sequence it writes), the consumer owns `head` (the next it
-//! reads); each lives on its own cache line and each side caches what it knows of the other:
+//! The producer owns `tail` (the next sequence it writes, kept in the producer alone), the
+//! consumer owns `head` (the next it reads, shared on a cache line of its own):
 //!
 //! - The producer writes a slot only while `tail - head < capacity`. It keeps `cached_head` and
 //!   reloads the shared `head` only when the cached value says the ring is full, so in steady
@@ -23,31 +23,21 @@ use super::{stamp_for, tag, SlotStorage};
 use crate::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
-/// The two cursors of an SPSC ring, as they lie in shared memory (all zero initially).
+/// The shared cursor of an SPSC ring, as it lies in shared memory (zero initially): the
+/// consumer's `head`. The producer's position is its own (`Producer::tail`) and never shared:
+/// the consumer learns of messages from the slots' tags.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct SpscCursors {
-    /// Next sequence the producer will write. Written by the producer only; `Relaxed`, since it
-    /// guards nothing: it is for observers (lag, discovery) and for a restarted producer.
-    tail: CachePadded<AtomicU64>,
-    /// Next sequence the consumer will read; every slot of an earlier sequence is free.
+    /// Next sequence the consumer will read; every slot of an earlier sequence is free. On a
+    /// line of its own: the producer reads it only when its cached copy says the ring is full.
     head: CachePadded<AtomicU64>,
 }
 
 impl SpscCursors {
-    /// Fresh cursors (heap use; zeroed shared memory is the same state).
+    /// A fresh cursor (heap use; zeroed shared memory is the same state).
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The producer's published tail (for observers: may be stale).
-    pub fn tail(&self) -> u64 {
-        self.tail.load(Ordering::Relaxed)
-    }
-
-    /// The consumer's published head (for observers: may be stale).
-    pub fn head(&self) -> u64 {
-        self.head.load(Ordering::Relaxed)
     }
 }
 
@@ -96,23 +86,22 @@ pub struct Producer<S> {
 unsafe impl<S: Send> Send for Producer<S> {}
 
 impl<S: SlotStorage> Producer<S> {
-    /// Attach the producer to a ring, continuing from the published tail.
+    /// Attach the producer to a fresh ring (no message ever written). Taking over a ring
+    /// another producer wrote to would need that producer's position, which is not shared.
     ///
     /// # Safety
     /// `cursors` must be valid for the producer's life; `storage` must be the ring's slots;
-    /// there must be no other producer on this ring.
+    /// there must be no other producer on this ring, ever.
     pub unsafe fn new(cursors: *const SpscCursors, storage: S) -> Self {
         // SAFETY: valid per the contract.
-        let c = unsafe { &*cursors };
-        let tail = c.tail.load(Ordering::Relaxed);
         // Acquire: pairs with the consumer's Release store of `head`.
-        let cached_head = c.head.load(Ordering::Acquire);
+        let head = unsafe { &*cursors }.head.load(Ordering::Acquire);
         Self {
             cursors,
             mask: storage.capacity() - 1,
             storage,
-            tail,
-            cached_head,
+            tail: head,
+            cached_head: head,
         }
     }
 
@@ -179,7 +168,6 @@ impl<S: SlotStorage> Producer<S> {
             .tag(index)
             .store(tag(self.tail, len), Ordering::Release);
         self.tail = self.tail.wrapping_add(1);
-        self.cursors().tail.store(self.tail, Ordering::Relaxed);
     }
 }
 
