@@ -10,7 +10,7 @@ mod common;
 
 use bytemuck::{Pod, Zeroable};
 use common::{arg, arg_u64, exit_child, lock, say, ChildProc, Cleanup, CHILD_STALL};
-use shmbus::{Bus, RecvError, WaitStrategy};
+use shmbus::{Bus, RecvError, Sample, Subscriber, WaitStrategy};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -124,16 +124,15 @@ fn child_bus() -> Bus {
         .expect("valid prefix")
 }
 
-/// Receive typed messages until the topic closes, checking each; report count and errors.
-/// With `blocking=1`, receives with `recv` (no timeout: only the watchdog ends a lost wake-up).
-fn child_subscribe_typed() -> i32 {
-    let bus = child_bus();
-    let blocking = common::arg_or("blocking", "0") == "1";
-    let mut subscriber = bus
-        .subscriber::<Msg>(&arg("topic"))
-        .wait(strategy(&arg("wait")))
-        .open_timeout(CHILD_STALL)
-        .expect("open the topic");
+/// Receive until the topic closes, checking each message with `check` (given the sequence
+/// number expected and the sample; returns what is wrong, if anything); report count and
+/// errors. With `blocking`, receives with `recv` (no timeout: only the watchdog ends a lost
+/// wake-up), else with `recv_timeout`.
+fn receive_all<T: ?Sized>(
+    subscriber: &mut Subscriber<T>,
+    blocking: bool,
+    check: impl Fn(u64, &Sample<'_, T>) -> Option<String>,
+) -> i32 {
     say("READY");
     let (mut received, mut errors, mut disconnected) = (0u64, 0u64, false);
     loop {
@@ -144,7 +143,7 @@ fn child_subscribe_typed() -> i32 {
         };
         match next {
             Ok(Some(sample)) => {
-                if let Some(e) = check_message(received, sample.seq(), &sample) {
+                if let Some(e) = check(received, &sample) {
                     if errors < 10 {
                         eprintln!("{e}");
                     }
@@ -177,6 +176,20 @@ fn child_subscribe_typed() -> i32 {
     }
 }
 
+/// Receive typed messages until the topic closes, checking each.
+fn child_subscribe_typed() -> i32 {
+    let bus = child_bus();
+    let blocking = common::arg_or("blocking", "0") == "1";
+    let mut subscriber = bus
+        .subscriber::<Msg>(&arg("topic"))
+        .wait(strategy(&arg("wait")))
+        .open_timeout(CHILD_STALL)
+        .expect("open the topic");
+    receive_all(&mut subscriber, blocking, |seq, sample| {
+        check_message(seq, sample.seq(), sample)
+    })
+}
+
 /// Receive byte messages until the topic closes, checking length and every byte.
 fn child_subscribe_bytes() -> i32 {
     let bus = child_bus();
@@ -185,54 +198,22 @@ fn child_subscribe_bytes() -> i32 {
         .wait(strategy(&arg("wait")))
         .open_timeout(CHILD_STALL)
         .expect("open the topic");
-    say("READY");
-    let (mut received, mut errors, mut disconnected) = (0u64, 0u64, false);
-    loop {
-        match subscriber.recv_timeout(CHILD_STALL) {
-            Ok(Some(sample)) => {
-                let seq = received;
-                let ok = sample.seq() == seq
-                    && sample.len() == byte_len(seq)
-                    && sample
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &b)| b == byte_at(seq, i));
-                if !ok {
-                    if errors < 10 {
-                        eprintln!(
-                            "message {seq}: sample.seq() = {}, len {} (expected {})",
-                            sample.seq(),
-                            sample.len(),
-                            byte_len(seq)
-                        );
-                    }
-                    errors += 1;
-                }
-                received += 1;
-            }
-            Ok(None) => {
-                eprintln!("no message for {CHILD_STALL:?} after {received}");
-                break;
-            }
-            Err(RecvError::Disconnected) => {
-                disconnected = true;
-                break;
-            }
-            Err(e) => {
-                eprintln!("recv failed after {received}: {e}");
-                errors += 1;
-            }
-        }
-    }
-    say(&format!(
-        "RESULT received={received} errors={errors} disconnected={}",
-        disconnected as u8
-    ));
-    if errors == 0 && disconnected {
-        0
-    } else {
-        1
-    }
+    receive_all(&mut subscriber, false, |seq, sample| {
+        let ok = sample.seq() == seq
+            && sample.len() == byte_len(seq)
+            && sample
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == byte_at(seq, i));
+        (!ok).then(|| {
+            format!(
+                "message {seq}: sample.seq() = {}, len {} (expected {})",
+                sample.seq(),
+                sample.len(),
+                byte_len(seq)
+            )
+        })
+    })
 }
 
 /// Create a topic and publish `count` messages with `send_timeout`, then close it.
