@@ -416,8 +416,11 @@ impl Geometry {
         // No slot shares a cache line with its neighbour or crosses one line more than it
         // must: a small slot takes a power-of-two share of a line, a larger one whole lines.
         // A message then costs its own lines only, and a reader polling one slot never holds
-        // the line the writer is filling for the next (measured: a 64-byte round trip went
-        // from 1.40x to 1.28x the raw cache-line round trip against a 72-byte stride).
+        // the line the writer is filling for the next. Measured against the dense 72-byte
+        // stride for 64-byte messages (`shmbus bench`, both builds alternated): the polling
+        // round trip went from 1.35-1.40x to 1.21-1.28x the raw cache-line round trip; streaming
+        // was unchanged when the two CPUs are far apart (0.7-0.9x the raw ring) but fell from
+        // ~320 M to ~85 M msgs/s when they are close (raw ring ~140 M). Latency first.
         let used = payload_offset + slot_size;
         let slot_stride = if used <= CACHE_LINE {
             Some(used.next_power_of_two())
