@@ -64,7 +64,7 @@ mod error;
 #[cfg(not(shmbus_loom))]
 pub use bus::{
     Bus, BusBuilder, Loan, Payload, Publisher, PublisherBuilder, Sample, Subscriber,
-    SubscriberBuilder, DEFAULT_PREFIX,
+    SubscriberBuilder, DEFAULT_PREFIX, SLIP_RUN,
 };
 #[cfg(not(shmbus_loom))]
 pub use error::{

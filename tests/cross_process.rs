@@ -183,6 +183,9 @@ fn child_subscribe_typed() -> i32 {
     let mut subscriber = bus
         .subscriber::<Msg>(&arg("topic"))
         .wait(strategy(&arg("wait")))
+        .slip(Duration::from_micros(
+            common::arg_or("slip_us", "0").parse().expect("slip_us"),
+        ))
         .open_timeout(CHILD_STALL)
         .expect("open the topic");
     receive_all(&mut subscriber, blocking, |seq, sample| {
@@ -258,7 +261,7 @@ fn child_publish_then_hang() -> i32 {
 // The parent side.
 
 /// Publish `MESSAGES` typed messages to a subscriber in a child process; the child checks them.
-fn typed_stream(test: &str, wait: WaitStrategy) {
+fn typed_stream(test: &str, wait: WaitStrategy, slip_us: u32) {
     let _one_at_a_time = lock(&HEAVY);
     let prefix = common::unique_prefix(test);
     let _cleanup = Cleanup::new(&prefix);
@@ -275,6 +278,7 @@ fn typed_stream(test: &str, wait: WaitStrategy) {
             ("prefix", &prefix),
             ("topic", "stream"),
             ("wait", strategy_name(wait)),
+            ("slip_us", &slip_us.to_string()),
         ],
     );
     child.wait_for_line("READY");
@@ -304,12 +308,19 @@ fn typed_stream(test: &str, wait: WaitStrategy) {
 
 #[test]
 fn a_million_messages_polling_on_both_sides() {
-    typed_stream("million-spin", WaitStrategy::Spin);
+    typed_stream("million-spin", WaitStrategy::Spin, 0);
+}
+
+/// A subscriber that pauses whenever it catches up (`SubscriberBuilder::slip`) still sees
+/// every message once, in order; the publisher meanwhile fills the ring and waits for space.
+#[test]
+fn a_million_messages_to_a_slipping_subscriber() {
+    typed_stream("million-slip", WaitStrategy::Spin, 20);
 }
 
 #[test]
 fn a_million_messages_blocking_on_both_sides() {
-    typed_stream("million-futex", WaitStrategy::default());
+    typed_stream("million-futex", WaitStrategy::default(), 0);
 }
 
 #[test]

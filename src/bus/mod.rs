@@ -8,7 +8,7 @@ mod subscriber;
 
 pub use payload::Payload;
 pub use publisher::{Loan, Publisher, PublisherBuilder};
-pub use subscriber::{Sample, Subscriber, SubscriberBuilder};
+pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 
 use crate::error::BusError;
 use crate::segment::{validate_name, Access, NameError, MAX_SEGMENT_NAME_LEN};

@@ -39,7 +39,10 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-futex-64B                  round trip, adaptive futex wait limit raw-futex
   shm-futex-nospin-64B           round trip, futex wait at once  limit raw-futex
   pipe-64B, unix-socket-64B      what a user would use instead, beside shm-futex-64B
-  shm-stream-8B, shm-stream-64B  one-way throughput, polling     limit raw-ring-8B, raw-ring-64B";
+  shm-stream-8B, shm-stream-64B  one-way throughput, polling     limit raw-ring-8B, raw-ring-64B
+  shm-stream-slip-8B, -64B       the same with a 4 µs slip       limit raw-ring-8B, raw-ring-64B
+                                 (SubscriberBuilder::slip: a subscriber that catches up pauses
+                                 so that it reads lines the publisher has finished)";
 
 /// Slots in the rings of the throughput cases, shmbus and raw alike.
 pub const STREAM_CAPACITY: usize = 1024;
@@ -174,6 +177,8 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-stream-8B", 8, true),
     ("raw-ring-8B", 8, true),
     ("shm-stream-64B", 64, true),
+    ("shm-stream-slip-8B", 8, true),
+    ("shm-stream-slip-64B", 64, true),
     ("raw-ring-64B", 64, true),
 ];
 
@@ -198,6 +203,8 @@ const LATENCY_GROUPS: &[&[&str]] = &[
 const STREAM_GROUPS: &[[&str; 2]] = &[
     ["shm-stream-8B", "raw-ring-8B"],
     ["shm-stream-64B", "raw-ring-64B"],
+    ["shm-stream-slip-8B", "raw-ring-8B"],
+    ["shm-stream-slip-64B", "raw-ring-64B"],
 ];
 
 fn series(name: &str) -> (usize, bool) {
@@ -226,8 +233,8 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
 fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
     use shm::{Msg64, Msg8, ShmStream};
     Ok(match name {
-        "shm-stream-8B" => Box::new(ShmStream::<Msg8>::start(ctx, name)?),
-        "shm-stream-64B" => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
+        "shm-stream-8B" | "shm-stream-slip-8B" => Box::new(ShmStream::<Msg8>::start(ctx, name)?),
+        "shm-stream-64B" | "shm-stream-slip-64B" => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
         "raw-ring-8B" => Box::new(raw::RawRing::<1>::start(ctx, name)?),
         "raw-ring-64B" => Box::new(raw::RawRing::<8>::start(ctx, name)?),
         _ => bail!("unknown throughput case {name}"),
@@ -261,8 +268,12 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "shm-poll-64KiB-write8" => {
             shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &peer_bus(&args)?, case)
         }
-        "shm-stream-8B" => shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case),
-        "shm-stream-64B" => shm::stream_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case),
+        "shm-stream-8B" | "shm-stream-slip-8B" => {
+            shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case)
+        }
+        "shm-stream-64B" | "shm-stream-slip-64B" => {
+            shm::stream_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
+        }
         _ => bail!("unknown case {case:?}"),
     }
 }

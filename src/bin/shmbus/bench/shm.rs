@@ -5,7 +5,8 @@
 //!   (see [`wait_of`]). The 8 B and 64 B cases write the whole message into the loaned slot; the 64 KiB
 //!   case writes only its first 8 bytes in place, so its latency must not grow with the size.
 //! - `shm-stream-*`: the parent publishes, the child receives and copies each message out,
-//!   one direction, polling.
+//!   one direction, polling; `shm-stream-slip-*` the same with a [`STREAM_SLIP`] slip (see
+//!   `SubscriberBuilder::slip`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -23,6 +24,9 @@ use crate::stats::timed_round_trips;
 /// Slots in each ping-pong topic: a round trip has one message in flight, so this only has to
 /// be small enough that the 64 KiB case stays a few MiB.
 const PING_CAPACITY: u64 = 16;
+
+/// The slip of the `shm-stream-slip-*` cases' subscriber.
+pub const STREAM_SLIP: Duration = Duration::from_micros(4);
 
 /// How long either side waits for the other to create its topic.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,6 +233,11 @@ pub fn stream_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str) ->
     let mut subscriber = bus
         .subscriber::<T>(&format!("{case}.stream"))
         .wait(WaitStrategy::Spin)
+        .slip(if case.contains("-slip-") {
+            STREAM_SLIP
+        } else {
+            Duration::ZERO
+        })
         .open_timeout(OPEN_TIMEOUT)
         .with_context(|| format!("opening topic {case}.stream"))?;
     ctl.reply("ready")?;
