@@ -70,7 +70,14 @@ fuzz_target!(|shape: Shape| {
     } else {
         let up = |x: u128, to: u128| x.div_ceil(to) * to;
         let payload_offset = align.max(SLOT_HEADER_SIZE.into()) as u128;
-        let stride = up(payload_offset + slot_size as u128, payload_offset);
+        // A slot that fits in a cache line takes a power-of-two share of one; a larger one
+        // whole lines.
+        let used = payload_offset + slot_size as u128;
+        let stride = if used <= 64 {
+            used.next_power_of_two()
+        } else {
+            up(used, payload_offset.max(64))
+        };
         let control_offset = up(HEADER_SIZE as u128, CONTROL_ALIGN.into());
         let slots_offset = up(
             control_offset + control_size as u128,

@@ -164,13 +164,14 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         // SAFETY: cursors in the mapping as above; we hold the subscriber's place, so we are
         // the only consumer.
         let consumer = unsafe { Consumer::new(&control.ring, slots) };
+        let first_seq = consumer.next_seq();
         let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
         Ok(Subscriber {
             consumer,
             control,
             wait: self.wait,
             slip: self.slip,
-            empty_at: 0,
+            empty_at: first_seq,
             slips: 0,
             barrier_ok,
             expected_len: T::fixed_size().map(|s| s as u32),
