@@ -260,6 +260,16 @@ fn child_publish_then_hang() -> i32 {
 // ---------------------------------------------------------------------------------------------
 // The parent side.
 
+/// Waits for a receiving child and checks its report: exactly `n` messages, none wrong, then
+/// the topic's close.
+fn assert_received_all(child: ChildProc, n: u64) {
+    let out = child.finish();
+    out.assert_success();
+    assert_eq!(out.num("received"), n, "{out:#?}");
+    assert_eq!(out.num("errors"), 0, "{out:#?}");
+    assert_eq!(out.num("disconnected"), 1, "{out:#?}");
+}
+
 /// Publish `MESSAGES` typed messages to a subscriber in a child process; the child checks them.
 fn typed_stream(test: &str, wait: WaitStrategy, slip_us: u32) {
     let _one_at_a_time = lock(&HEAVY);
@@ -299,11 +309,7 @@ fn typed_stream(test: &str, wait: WaitStrategy, slip_us: u32) {
     }
     assert_eq!(publisher.next_seq(), MESSAGES);
     drop(publisher); // closes the topic: the child sees Disconnected after the last message
-    let out = child.finish();
-    out.assert_success();
-    assert_eq!(out.num("received"), MESSAGES, "{out:#?}");
-    assert_eq!(out.num("errors"), 0, "{out:#?}");
-    assert_eq!(out.num("disconnected"), 1, "{out:#?}");
+    assert_received_all(child, MESSAGES);
 }
 
 #[test]
@@ -357,11 +363,7 @@ fn a_million_byte_messages_of_varying_length() {
         loan.send();
     }
     drop(publisher);
-    let out = child.finish();
-    out.assert_success();
-    assert_eq!(out.num("received"), MESSAGES, "{out:#?}");
-    assert_eq!(out.num("errors"), 0, "{out:#?}");
-    assert_eq!(out.num("disconnected"), 1, "{out:#?}");
+    assert_received_all(child, MESSAGES);
 }
 
 #[test]
@@ -443,11 +445,7 @@ fn dropping_the_publisher_disconnects_after_the_last_message() {
         }
     }
     drop(publisher);
-    let out = child.finish();
-    out.assert_success();
-    assert_eq!(out.num("received"), SENT, "{out:#?}");
-    assert_eq!(out.num("errors"), 0, "{out:#?}");
-    assert_eq!(out.num("disconnected"), 1, "{out:#?}");
+    assert_received_all(child, SENT);
 }
 
 #[test]
@@ -470,10 +468,7 @@ fn dropping_the_publisher_wakes_a_sleeping_subscriber() {
     // Give it time to fall asleep (it is correct either way; asleep is the case of interest).
     std::thread::sleep(Duration::from_millis(200));
     drop(publisher);
-    let out = child.finish();
-    out.assert_success();
-    assert_eq!(out.num("received"), 0, "{out:#?}");
-    assert_eq!(out.num("disconnected"), 1, "{out:#?}");
+    assert_received_all(child, 0);
 }
 
 #[test]
