@@ -87,7 +87,7 @@ fn two_threads<T: Pod + Send>(
                     pin(cpus.map(|c| c[0]));
                     barrier.wait();
                     for i in 0..iters {
-                        publisher.send(message(i));
+                        publisher.send(message(i)).unwrap();
                     }
                     barrier.wait();
                 });
@@ -121,7 +121,7 @@ fn one_thread<T: Pod>(
         let (mut publisher, mut subscriber) = topic::<T>(bus, &format!("one-thread-{size}"));
         let mut i = 0u64;
         b.iter(|| {
-            publisher.send(message(i));
+            publisher.send(message(i)).unwrap();
             i += 1;
             let sample = subscriber.try_recv().expect("receive").expect("a message");
             black_box(*sample);

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Each tick is written in place in the shared ring (`loan`, write the fields, `send`): nothing
-//! is copied on the way to the subscriber. When the publisher ends it removes the topic, and the
-//! subscriber, having read every tick, sees the topic closed.
+//! is copied on the way to the subscriber. The publisher waits for a first subscriber, and keeps
+//! its last 100 ticks for subscribers that join later and ask for them (as `subscriber.rs` does).
+//! When the publisher ends it removes the topic, and the subscriber, having read every tick,
+//! sees the topic closed.
 
 use bytemuck::{Pod, Zeroable};
 use shmbus::{Bus, CreateError, LoanError};
@@ -29,6 +31,8 @@ struct Tick {
 
 const TOPIC: &str = "example.ticks";
 const TYPE_NAME: &str = "shmbus-examples::Tick";
+/// Ticks kept for subscribers that join late.
+const HISTORY: u64 = 100;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count: u64 = match std::env::args().nth(1) {
@@ -39,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut publisher = match bus
         .publisher::<Tick>(TOPIC)
         .capacity(1024)
+        .history(HISTORY)
         .type_name(TYPE_NAME)
         .create()
     {
@@ -53,12 +58,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => return Err(e.into()),
     };
+    println!("waiting up to 30 s for a subscriber on {TOPIC}");
+    if !publisher.wait_for_subscribers(1, Duration::from_secs(30)) {
+        println!("no subscriber yet; publishing anyway (a late one gets the last {HISTORY})");
+    }
     println!("publishing {count} ticks on {TOPIC}");
     let mut price = 1.0842;
     for seq in 0..count {
         price += if seq % 3 == 0 { -0.0001 } else { 0.0001 };
         // A slot in shared memory, written in place field by field. Waits while the ring is
-        // full, that is while the subscriber is 1024 ticks behind.
+        // full, that is while the slowest subscriber is 1024 - HISTORY ticks behind.
         let mut tick = loop {
             match publisher.loan_timeout(Duration::from_secs(1)) {
                 Ok(tick) => break tick,

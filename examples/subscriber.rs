@@ -35,9 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut subscriber = bus
         .subscriber::<Tick>(TOPIC)
         .type_name(TYPE_NAME)
+        // Started after the publisher: begin with the ticks it keeps (up to 100).
+        .history(100)
         .wait(WaitStrategy::default())
         .open_timeout(Duration::from_secs(30))?;
-    println!("subscribed");
+    println!("subscribed at tick {}", subscriber.next_seq());
     let mut received = 0u64;
     loop {
         match subscriber.recv_timeout(Duration::from_secs(2)) {

@@ -17,6 +17,14 @@ pub enum BusError {
         /// What is wrong with it.
         reason: NameError,
     },
+    /// The directory of shared-memory segments could not be listed.
+    #[error("cannot list {dir}: {source}")]
+    List {
+        /// The directory.
+        dir: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
 }
 
 /// Why a topic could not be created.
@@ -116,13 +124,15 @@ pub enum OpenError {
         /// What is wrong.
         reason: LayoutError,
     },
-    /// Another subscriber is attached (this ring has room for one).
-    #[error("topic {topic:?} already has a subscriber (pid {pid})")]
-    Busy {
+    /// Every entry of the topic's subscriber table is held by a live process.
+    #[error("topic {topic:?} already has its {max} subscribers (pids {pids:?})")]
+    TooManySubscribers {
         /// The name.
         topic: String,
-        /// Its pid.
-        pid: u32,
+        /// The size of its table (the publisher's `max_subscribers`).
+        max: u32,
+        /// The pids holding the entries.
+        pids: Vec<u32>,
     },
     /// Another failure of the segment layer (owner, mode, permissions, I/O).
     #[error(transparent)]
@@ -153,6 +163,10 @@ pub enum LoanError {
     /// No slot became free before the deadline.
     #[error("timed out waiting for a free slot")]
     Timeout,
+    /// The ring is full and the topic's policy is [`Policy::Fail`](crate::Policy::Fail):
+    /// the publisher does not wait.
+    #[error("ring is full (policy fail)")]
+    Full,
     /// A byte message longer than the slot size.
     #[error("message of {len} bytes exceeds the slot size of {max}")]
     TooLarge {
@@ -196,13 +210,16 @@ pub enum SendTimeoutError<T> {
     /// The deadline passed with the ring still full.
     #[error("timed out waiting for a free slot")]
     Timeout(T),
+    /// The ring is full and the topic's policy is [`Policy::Fail`](crate::Policy::Fail).
+    #[error("ring is full (policy fail)")]
+    Full(T),
 }
 
 impl<T> SendTimeoutError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            SendTimeoutError::Timeout(t) => t,
+            SendTimeoutError::Timeout(t) | SendTimeoutError::Full(t) => t,
         }
     }
 }
@@ -211,6 +228,7 @@ impl<T> fmt::Debug for SendTimeoutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Full(_) => f.write_str("Full(..)"),
         }
     }
 }

@@ -21,13 +21,15 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"SHMBUS\0\x01"` read as a little-endian `u64`: the first 8 bytes of every segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\x01");
 /// The format version this build reads and writes. Bumped on any change of the layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes reserved for the header at the start of the segment.
 pub const HEADER_SIZE: usize = 256;
 /// Value of `state` once the creator has initialised everything: `b"REDY"`.
 pub const STATE_READY: u32 = u32::from_le_bytes(*b"REDY");
-/// `ring_kind` of a single-producer single-consumer ring.
-pub const RING_SPSC: u32 = 1;
+/// `ring_kind` of a broadcast ring: one writer, a table of readers (see `crate::ring::broadcast`).
+pub const RING_BROADCAST: u32 = 2;
+/// Largest number of readers a topic's table may hold.
+pub const MAX_READERS: u32 = 1024;
 /// Largest number of slots a ring may have.
 pub const MAX_CAPACITY: u64 = 1 << 24;
 /// Largest payload a slot may hold: 16 MiB.
@@ -188,6 +190,9 @@ pub(crate) struct SegmentHeader {
     _reserved: AtomicU32,
     fp_name_hash: AtomicU64,
     fp_name: [AtomicU64; TYPE_NAME_LEN / 8],
+    policy: AtomicU32,
+    max_readers: AtomicU32,
+    history: AtomicU64,
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() <= HEADER_SIZE);
@@ -223,6 +228,12 @@ pub struct HeaderValues {
     pub slots_offset: u64,
     /// Pid of the creating process.
     pub creator_pid: u32,
+    /// Raw [`Policy`].
+    pub policy: u32,
+    /// Entries in the reader table.
+    pub max_readers: u32,
+    /// Messages the writer keeps for readers that join late.
+    pub history: u64,
     /// Raw payload kind.
     pub fp_kind: u32,
     /// Raw type size.
@@ -268,6 +279,9 @@ impl HeaderValues {
             control_offset: h.control_offset.load(Ordering::Relaxed),
             slots_offset: h.slots_offset.load(Ordering::Relaxed),
             creator_pid: h.creator_pid.load(Ordering::Relaxed),
+            policy: h.policy.load(Ordering::Relaxed),
+            max_readers: h.max_readers.load(Ordering::Relaxed),
+            history: h.history.load(Ordering::Relaxed),
             fp_kind: h.fp_kind.load(Ordering::Relaxed),
             fp_size: h.fp_size.load(Ordering::Relaxed),
             fp_align: h.fp_align.load(Ordering::Relaxed),
@@ -372,6 +386,17 @@ pub enum ConfigError {
     /// The payload type's alignment is above [`MAX_ALIGN`].
     #[error("payload alignment {0} is above {MAX_ALIGN}")]
     Align(u64),
+    /// The reader table must have between 1 and [`MAX_READERS`] entries.
+    #[error("{0} subscribers is not between 1 and {MAX_READERS}")]
+    Readers(u32),
+    /// The history kept for late joiners must be below the capacity.
+    #[error("a history of {history} messages is not below the capacity ({capacity})")]
+    History {
+        /// Requested history.
+        history: u64,
+        /// The topic's capacity.
+        capacity: u64,
+    },
     /// The whole segment would exceed [`MAX_SEGMENT_SIZE`].
     #[error("a segment of {capacity} slots of {slot_size} bytes exceeds the {MAX_SEGMENT_SIZE}-byte limit")]
     TooLarge {
@@ -481,7 +506,7 @@ impl Geometry {
         if h.version != FORMAT_VERSION {
             return Err(LayoutError::UnsupportedVersion { found: h.version });
         }
-        if h.ring_kind != RING_SPSC {
+        if h.ring_kind != RING_BROADCAST {
             return Err(LayoutError::UnknownRingKind { found: h.ring_kind });
         }
         if h.header_size as usize != HEADER_SIZE {
@@ -544,6 +569,112 @@ impl Geometry {
     }
 }
 
+/// What a topic promises its publisher and subscribers, chosen at creation and kept in the
+/// header.
+///
+/// ```
+/// use shmbus::Policy;
+/// // A market-data feed: the publisher never waits; a slow reader learns what it lost.
+/// let feed = Policy::Overwrite;
+/// // A command queue: nothing is lost; the publisher waits for the slowest reader.
+/// assert_eq!(Policy::default(), Policy::Block);
+/// # let _ = feed;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Policy {
+    /// Backpressure: the publisher waits (or, with `try_*`, hands the message back) while the
+    /// slowest subscriber is `capacity` messages behind. Subscribers read in place.
+    #[default]
+    Block = 1,
+    /// Latest wins: the publisher never waits; a subscriber that falls a lap behind skips to
+    /// the oldest message still in the ring and counts what it lost. Subscribers receive
+    /// copies, validated against the publisher's overwriting (a seqlock).
+    Overwrite = 2,
+    /// As `Block`, but no call of the publisher waits: `send` and `loan` return the message or
+    /// an error at once when the ring is full for any subscriber.
+    Fail = 3,
+}
+
+impl Policy {
+    /// The policy a header's raw value names.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Block),
+            2 => Some(Self::Overwrite),
+            3 => Some(Self::Fail),
+            _ => None,
+        }
+    }
+
+    /// Whether the publisher waits for (or refuses on) the slowest subscriber.
+    pub fn backpressure(self) -> bool {
+        !matches!(self, Self::Overwrite)
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Block => "block",
+            Self::Overwrite => "overwrite",
+            Self::Fail => "fail",
+        })
+    }
+}
+
+/// A topic's policy and reader table, checked like the geometry.
+///
+/// Invariants (from [`TopicShape::validate`] or checked by [`TopicShape::new`]):
+/// `1 <= max_readers <= MAX_READERS`; `history < capacity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicShape {
+    /// What the publisher does when a subscriber falls behind.
+    pub policy: Policy,
+    /// Entries in the reader table: at most this many subscribers at once.
+    pub max_readers: u32,
+    /// Messages kept for subscribers that join late and ask for them.
+    pub history: u64,
+}
+
+impl TopicShape {
+    /// A shape for a ring of `capacity` slots.
+    ///
+    /// # Errors
+    /// [`ConfigError::Readers`], [`ConfigError::History`].
+    pub fn new(
+        policy: Policy,
+        max_readers: u32,
+        history: u64,
+        capacity: u64,
+    ) -> Result<Self, ConfigError> {
+        if !(1..=MAX_READERS).contains(&max_readers) {
+            return Err(ConfigError::Readers(max_readers));
+        }
+        if history >= capacity {
+            return Err(ConfigError::History { history, capacity });
+        }
+        Ok(Self {
+            policy,
+            max_readers,
+            history,
+        })
+    }
+
+    /// Check the header's policy, table size and history against a validated `capacity`.
+    ///
+    /// # Errors
+    /// [`LayoutError::Inconsistent`].
+    pub fn validate(h: &HeaderValues, capacity: u64) -> Result<Self, LayoutError> {
+        let policy =
+            Policy::from_raw(h.policy).ok_or(LayoutError::Inconsistent("unknown policy"))?;
+        Self::new(policy, h.max_readers, h.history, capacity).map_err(|e| match e {
+            ConfigError::Readers(_) => LayoutError::Inconsistent("reader table size out of range"),
+            _ => LayoutError::Inconsistent("history not below the capacity"),
+        })
+    }
+}
+
 impl SegmentHeader {
     /// Write a new header for `geometry` and `fingerprint`, then mark it ready.
     ///
@@ -553,6 +684,7 @@ impl SegmentHeader {
     pub(crate) unsafe fn publish(
         base: *mut u8,
         geometry: &Geometry,
+        shape: &TopicShape,
         fingerprint: &TypeFingerprint,
         creator_pid: u32,
     ) {
@@ -561,7 +693,7 @@ impl SegmentHeader {
         let r = Ordering::Relaxed;
         h.magic.store(MAGIC, r);
         h.version.store(FORMAT_VERSION, r);
-        h.ring_kind.store(RING_SPSC, r);
+        h.ring_kind.store(RING_BROADCAST, r);
         h.header_size.store(HEADER_SIZE as u32, r);
         h.total_size.store(geometry.total_size, r);
         h.capacity.store(geometry.capacity, r);
@@ -572,6 +704,9 @@ impl SegmentHeader {
         h.control_offset.store(geometry.control_offset, r);
         h.slots_offset.store(geometry.slots_offset, r);
         h.creator_pid.store(creator_pid, r);
+        h.policy.store(shape.policy as u32, r);
+        h.max_readers.store(shape.max_readers, r);
+        h.history.store(shape.history, r);
         h.fp_kind.store(fingerprint.kind as u32, r);
         h.fp_size.store(fingerprint.size, r);
         h.fp_align.store(fingerprint.align, r);
@@ -595,7 +730,7 @@ mod tests {
             magic: MAGIC,
             version: FORMAT_VERSION,
             state: STATE_READY,
-            ring_kind: RING_SPSC,
+            ring_kind: RING_BROADCAST,
             header_size: HEADER_SIZE as u32,
             total_size: g.total_size,
             capacity: g.capacity,
@@ -606,6 +741,9 @@ mod tests {
             control_offset: g.control_offset,
             slots_offset: g.slots_offset,
             creator_pid: 1,
+            policy: 1,
+            max_readers: 4,
+            history: 0,
             fp_kind: 1,
             fp_size: fp.size,
             fp_align: fp.align,

@@ -64,13 +64,16 @@ mod error;
 #[cfg(not(shmbus_loom))]
 pub use bus::{
     Bus, BusBuilder, Loan, Payload, Publisher, PublisherBuilder, Sample, Subscriber,
-    SubscriberBuilder, DEFAULT_PREFIX, SLIP_RUN,
+    SubscriberBuilder, SubscriberInfo, TopicInfo, DEFAULT_MAX_SUBSCRIBERS, DEFAULT_PREFIX,
+    SLIP_RUN,
 };
 #[cfg(not(shmbus_loom))]
 pub use error::{
     BusError, CreateError, LoanError, OpenError, RecvError, SendTimeoutError, TryLoanError,
     TrySendError,
 };
+#[cfg(not(shmbus_loom))]
+pub use layout::Policy;
 pub use wait::WaitStrategy;
 
 // The README's examples run as doctests.

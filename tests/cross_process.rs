@@ -8,7 +8,7 @@
 
 mod common;
 
-use bytemuck::{Pod, Zeroable};
+use common::msg::{check_message, message, Msg};
 use common::{arg, arg_u64, exit_child, lock, say, ChildProc, Cleanup, CHILD_STALL};
 use shmbus::{Bus, RecvError, Sample, Subscriber, WaitStrategy};
 use std::sync::Mutex;
@@ -27,52 +27,6 @@ const PARENT_POLL: Duration = Duration::from_secs(1);
 /// The stream tests spin on both sides: two of them at once on a two-core machine would only
 /// take turns with each other. They run one at a time (for speed, not for correctness).
 static HEAVY: Mutex<()> = Mutex::new(());
-
-/// Words besides `seq` and `check`: 64 bytes in all, several words so that a torn read shows.
-const WORDS: usize = 6;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-#[repr(C)]
-struct Msg {
-    seq: u64,
-    words: [u64; WORDS],
-    check: u64,
-}
-
-fn word(seq: u64, i: usize) -> u64 {
-    (seq ^ ((i as u64 + 1) << 56))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .rotate_left(i as u32 * 7 + 1)
-}
-
-fn checksum(seq: u64, words: &[u64; WORDS]) -> u64 {
-    words.iter().fold(seq ^ 0xA5A5_A5A5_A5A5_A5A5, |h, &w| {
-        (h ^ w).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(17)
-    })
-}
-
-fn message(seq: u64) -> Msg {
-    let words = std::array::from_fn(|i| word(seq, i));
-    Msg {
-        seq,
-        words,
-        check: checksum(seq, &words),
-    }
-}
-
-/// What is wrong with message `got` (delivered as number `sample_seq`) where `expected` was due.
-fn check_message(expected: u64, sample_seq: u64, got: &Msg) -> Option<String> {
-    if sample_seq != expected || got.seq != expected {
-        return Some(format!(
-            "expected message {expected}, sample.seq() = {sample_seq}, msg.seq = {}",
-            got.seq
-        ));
-    }
-    if got.check != checksum(got.seq, &got.words) || *got != message(expected) {
-        return Some(format!("message {expected} is torn or corrupt: {got:?}"));
-    }
-    None
-}
 
 fn byte_len(seq: u64) -> usize {
     (seq % BYTES_SLOT) as usize + 1
@@ -230,6 +184,11 @@ fn child_publish_typed() -> i32 {
         .create()
         .expect("create the topic");
     say("READY");
+    // A subscriber receives what is published after it attached: wait for the parent's.
+    if !publisher.wait_for_subscribers(1, CHILD_STALL) {
+        eprintln!("no subscriber within {CHILD_STALL:?}");
+        return 1;
+    }
     for seq in 0..count {
         if publisher.send_timeout(message(seq), CHILD_STALL).is_err() {
             eprintln!("no free slot for {CHILD_STALL:?} at message {seq}");
@@ -244,12 +203,15 @@ fn child_publish_typed() -> i32 {
 /// Create a topic, publish `count` messages, say so, and wait to be killed.
 fn child_publish_then_hang() -> i32 {
     let bus = child_bus();
+    let count = arg_u64("count");
+    // Kept as history, for a subscriber that attaches later.
     let mut publisher = bus
         .publisher::<Msg>(&arg("topic"))
         .capacity(CAPACITY)
+        .history(count)
         .create()
         .expect("create the topic");
-    for seq in 0..arg_u64("count") {
+    for seq in 0..count {
         publisher.try_send(message(seq)).expect("room in the ring");
     }
     say("READY");
@@ -383,8 +345,7 @@ fn a_million_messages_from_a_child_publisher() {
         ],
     );
     child.wait_for_line("READY");
-    // The child cannot close the topic before this opens it: its ring is smaller than its
-    // message count, so it blocks until a subscriber frees slots.
+    // The child waits for this subscriber before it publishes.
     let mut subscriber = bus
         .subscriber::<Msg>("stream")
         .wait(WaitStrategy::default())
@@ -483,7 +444,7 @@ fn a_killed_publisher_is_reported() {
         &[("prefix", &prefix), ("topic", "t"), ("count", "10")],
     );
     child.wait_for_line("READY");
-    let mut subscriber = bus.subscriber::<Msg>("t").open().unwrap();
+    let mut subscriber = bus.subscriber::<Msg>("t").history(10).open().unwrap();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.pid() as i32).unwrap(),
         rustix::process::Signal::KILL,

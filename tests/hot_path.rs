@@ -240,7 +240,7 @@ fn an_awake_futex_subscriber_costs_the_publisher_no_wake() {
                 let sample = subscriber.try_recv().expect("no error").expect("a message");
                 assert_eq!(sample.seq(), seq);
             } else {
-                publisher.send(tick(seq));
+                publisher.send(tick(seq)).unwrap();
                 let sample = subscriber.recv().expect("a message");
                 assert_eq!(*sample, tick(seq));
             }

@@ -45,6 +45,9 @@ mod off {
     pub const FP_KIND: usize = 76; // u32
     pub const FP_SIZE: usize = 80; // u64
     pub const FP_ALIGN: usize = 88; // u32
+    pub const POLICY: usize = 168; // u32
+    pub const MAX_READERS: usize = 172; // u32
+    pub const HISTORY: usize = 176; // u64
     /// Within a slot (`SlotHeader` in `src/layout.rs`): the stamp at 0, the length at 4.
     pub const SLOT_LEN: usize = 4; // u32
 }
@@ -155,7 +158,9 @@ fn describe_open(e: &OpenError) -> String {
             }
             other => format!("Corrupt {other:?}"),
         },
-        OpenError::Busy { pid, .. } => format!("Busy pid={pid}"),
+        OpenError::TooManySubscribers { max, pids, .. } => {
+            format!("TooManySubscribers max={max} pids={pids:?}")
+        }
         OpenError::Segment(SegmentError::BadMode { mode, allowed, .. }) => {
             format!("Segment BadMode mode={mode:o} allowed={allowed:o}")
         }
@@ -512,18 +517,27 @@ fn a_subscriber_of_another_type_is_incompatible() {
 }
 
 #[test]
-fn a_second_subscriber_is_busy() {
+fn a_subscriber_past_the_table_is_refused() {
     let f = fixture("busy");
-    let _publisher = f.bus.publisher::<u64>("t").create().unwrap();
+    let _publisher = f
+        .bus
+        .publisher::<u64>("t")
+        .max_subscribers(2)
+        .create()
+        .unwrap();
     let first = f.bus.subscriber::<u64>("t").open().unwrap();
+    let _second = f.bus.subscriber::<u64>("t").open().unwrap();
     let me = std::process::id();
-    assert_refused(&f.open_in_child("t", "u64"), &format!("Busy pid={me}"));
+    assert_refused(
+        &f.open_in_child("t", "u64"),
+        &format!("TooManySubscribers max=2 pids=[{me}, {me}]"),
+    );
     // In this process as well.
     assert!(matches!(
         f.bus.subscriber::<u64>("t").open(),
-        Err(OpenError::Busy { pid, .. }) if pid == me
+        Err(OpenError::TooManySubscribers { max: 2, .. })
     ));
-    // Once the first has gone, the place is free again.
+    // Once one has gone, its entry is free again.
     drop(first);
     assert_refused(&f.open_in_child("t", "u64"), "Ok");
 }
@@ -531,12 +545,18 @@ fn a_second_subscriber_is_busy() {
 #[test]
 fn the_place_of_a_dead_subscriber_is_taken_over() {
     let f = fixture("dead-subscriber");
-    let mut publisher = f.bus.publisher::<u64>("t").capacity(4).create().unwrap();
-    publisher.try_send(7).unwrap();
-    // The child opens and exits without dropping its subscriber: its pid stays in the place.
-    // `finish` reaps it, so its pid no longer names a process (not even a zombie).
+    let mut publisher = f
+        .bus
+        .publisher::<u64>("t")
+        .capacity(4)
+        .max_subscribers(1)
+        .create()
+        .unwrap();
+    // The child opens and exits without dropping its subscriber: its pid stays in the table's
+    // only entry. `finish` reaps it, so its pid no longer names a process (not even a zombie).
     assert_refused(&f.open_in_child_with("t", "u64", &[("hold", "leak")]), "Ok");
     let mut subscriber = f.bus.subscriber::<u64>("t").open().unwrap();
+    publisher.try_send(7).unwrap();
     assert_eq!(*subscriber.try_recv().unwrap().unwrap(), 7);
 }
 
@@ -590,7 +610,10 @@ fn header_offsets_match_a_fresh_segment() {
     assert_eq!(get_u64(&map, off::MAGIC), MAGIC);
     assert_eq!(get_u32(&map, off::VERSION), FORMAT_VERSION);
     assert_eq!(get_u32(&map, off::STATE), STATE_READY);
-    assert_eq!(get_u32(&map, off::RING_KIND), shmbus::layout::RING_SPSC);
+    assert_eq!(
+        get_u32(&map, off::RING_KIND),
+        shmbus::layout::RING_BROADCAST
+    );
     assert_eq!(get_u32(&map, off::HEADER_SIZE) as usize, HEADER_SIZE);
     assert_eq!(get_u64(&map, off::TOTAL_SIZE), map.len() as u64);
     assert_eq!(get_u64(&map, off::CAPACITY), publisher.capacity());
@@ -672,7 +695,7 @@ fn a_segment_not_marked_ready_is_not_ready() {
 fn inconsistent_headers_are_corrupt() {
     let f = fixture("inconsistent");
     type Corruption = (&'static str, fn(&mut [u8]));
-    let cases: [Corruption; 10] = [
+    let cases: [Corruption; 15] = [
         ("capacity not a power of two", |h| {
             put_u64(h, off::CAPACITY, 12)
         }),
@@ -699,6 +722,16 @@ fn inconsistent_headers_are_corrupt() {
             let total = get_u64(h, off::TOTAL_SIZE);
             put_u64(h, off::TOTAL_SIZE, total + 4096)
         }),
+        ("unknown policy", |h| put_u32(h, off::POLICY, 9)),
+        ("no subscriber entries", |h| put_u32(h, off::MAX_READERS, 0)),
+        (
+            "more subscriber entries than the control block holds",
+            |h| put_u32(h, off::MAX_READERS, get_u32(h, off::MAX_READERS) + 1),
+        ),
+        ("subscriber entries past the limit", |h| {
+            put_u32(h, off::MAX_READERS, u32::MAX)
+        }),
+        ("history of a whole ring", |h| put_u64(h, off::HISTORY, 16)),
     ];
     for (i, (what, corrupt)) in cases.into_iter().enumerate() {
         let out = corrupted(&f, &format!("t{i}"), corrupt);
@@ -780,6 +813,8 @@ fn a_segment_of_another_user_is_refused() {
 fn try_send_on_a_full_ring_hands_the_message_back() {
     let f = fixture("full");
     let mut publisher = f.bus.publisher::<u64>("t").capacity(4).create().unwrap();
+    // The ring fills for a subscriber that does not read (with none, nothing holds it back).
+    let mut subscriber = f.bus.subscriber::<u64>("t").open().unwrap();
     for v in 0..4 {
         publisher.try_send(v).unwrap();
     }
@@ -790,7 +825,6 @@ fn try_send_on_a_full_ring_hands_the_message_back() {
     assert_eq!(publisher.try_loan().err(), Some(TryLoanError::Full));
     assert_eq!(publisher.next_seq(), 4, "a refused message takes no number");
     // One message out, one slot free.
-    let mut subscriber = f.bus.subscriber::<u64>("t").open().unwrap();
     assert_eq!(*subscriber.try_recv().unwrap().unwrap(), 0);
     publisher.try_send(4).unwrap();
     assert_eq!(publisher.try_send(5), Err(TrySendError::Full(5)));
@@ -802,6 +836,7 @@ fn try_send_on_a_full_ring_hands_the_message_back() {
         .slot_size(8)
         .create()
         .unwrap();
+    let _reader = f.bus.subscriber::<[u8]>("b").open().unwrap();
     bytes.try_send_bytes(b"one").unwrap();
     bytes.try_send_bytes(b"two").unwrap();
     assert_eq!(bytes.try_send_bytes(b"three"), Err(TryLoanError::Full));
@@ -906,6 +941,7 @@ fn send_timeout_on_a_full_ring_hands_the_message_back() {
         .slot_size(4)
         .create()
         .unwrap();
+    let _reader = f.bus.subscriber::<[u8]>("b").open().unwrap();
     bytes.try_send_bytes(b"a").unwrap();
     bytes.try_send_bytes(b"b").unwrap();
     assert_eq!(

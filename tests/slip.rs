@@ -22,7 +22,7 @@ fn a_subscriber_slips_only_after_a_run_of_waiting_messages() {
 
     // One message at a time, as in a round trip: never a slip.
     for i in 0..3 * SLIP_RUN {
-        publisher.send(i);
+        publisher.send(i).unwrap();
         assert_eq!(*subscriber.recv().unwrap(), i);
         assert!(subscriber.recv_timeout(Duration::ZERO).unwrap().is_none());
     }
@@ -32,7 +32,7 @@ fn a_subscriber_slips_only_after_a_run_of_waiting_messages() {
     // timeout, and the messages are all there, in order.
     let base = 3 * SLIP_RUN;
     for i in 0..SLIP_RUN {
-        publisher.send(base + i);
+        publisher.send(base + i).unwrap();
     }
     for i in 0..SLIP_RUN {
         assert_eq!(*subscriber.recv().unwrap(), base + i);
@@ -45,7 +45,7 @@ fn a_subscriber_slips_only_after_a_run_of_waiting_messages() {
 
     // One short of a run: no slip.
     for i in 0..SLIP_RUN - 1 {
-        publisher.send(i);
+        publisher.send(i).unwrap();
     }
     for i in 0..SLIP_RUN - 1 {
         assert_eq!(*subscriber.recv().unwrap(), i);
@@ -62,7 +62,7 @@ fn a_subscriber_slips_only_after_a_run_of_waiting_messages() {
             .unwrap()
     };
     for i in 0..2 * SLIP_RUN {
-        publisher.send(i);
+        publisher.send(i).unwrap();
     }
     for i in 0..2 * SLIP_RUN {
         assert_eq!(*plain.recv().unwrap(), i);

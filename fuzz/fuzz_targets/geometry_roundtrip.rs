@@ -12,7 +12,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use shmbus::layout::{
     ConfigError, Geometry, HeaderValues, TypeFingerprint, CONTROL_ALIGN, FORMAT_VERSION,
-    HEADER_SIZE, MAGIC, MAX_ALIGN, MAX_CAPACITY, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, RING_SPSC,
+    HEADER_SIZE, MAGIC, MAX_ALIGN, MAX_CAPACITY, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, RING_BROADCAST,
     SLOTS_ALIGN, SLOT_HEADER_SIZE, STATE_READY,
 };
 use shmbus_fuzz::{check_geometry, check_segment, header_bytes, SegmentBuf};
@@ -122,7 +122,7 @@ fuzz_target!(|shape: Shape| {
         magic: MAGIC,
         version: FORMAT_VERSION,
         state: STATE_READY,
-        ring_kind: RING_SPSC,
+        ring_kind: RING_BROADCAST,
         header_size: HEADER_SIZE as u32,
         total_size: g.total_size,
         capacity: g.capacity,
@@ -133,6 +133,9 @@ fuzz_target!(|shape: Shape| {
         control_offset: g.control_offset,
         slots_offset: g.slots_offset,
         creator_pid: 1,
+        policy: 2,
+        max_readers: 3,
+        history: 1,
         fp_kind: fp.kind as u32,
         fp_size: fp.size,
         fp_align: fp.align,

@@ -7,8 +7,8 @@
 //! promises.
 
 use shmbus::layout::{
-    Geometry, HeaderValues, LayoutError, CONTROL_ALIGN, HEADER_SIZE, MAX_CAPACITY,
-    MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, SLOTS_ALIGN, SLOT_HEADER_SIZE, TYPE_NAME_LEN,
+    Geometry, HeaderValues, LayoutError, TopicShape, CONTROL_ALIGN, HEADER_SIZE, MAX_CAPACITY,
+    MAX_READERS, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, SLOTS_ALIGN, SLOT_HEADER_SIZE, TYPE_NAME_LEN,
 };
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -35,6 +35,13 @@ pub fn check_segment(segment: &[u8]) -> Option<Geometry> {
     }
     let geometry = result.ok()?;
     check_geometry(&geometry, len);
+    // The topic's shape, checked after the geometry as the opener does: a typed error or a
+    // shape that keeps its invariants.
+    if let Ok(shape) = TopicShape::validate(&values, geometry.capacity) {
+        assert!((1..=MAX_READERS).contains(&shape.max_readers));
+        assert!(shape.history < geometry.capacity);
+        assert_eq!(shape.policy as u32, values.policy);
+    }
     // SAFETY: `check_geometry` just asserted that the geometry lies inside the `len` bytes of
     // the buffer; were that assertion wrong, ASan reports the read.
     unsafe { buf.touch_geometry(&geometry) };
@@ -74,7 +81,11 @@ pub fn header_bytes(h: &HeaderValues) -> [u8; HEADER_SIZE] {
         let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         put(104 + 8 * i, &word.to_ne_bytes());
     }
-    const _: () = assert!(104 + TYPE_NAME_LEN <= HEADER_SIZE);
+    const _: () = assert!(104 + TYPE_NAME_LEN <= 168);
+    put(168, &h.policy.to_ne_bytes());
+    put(172, &h.max_readers.to_ne_bytes());
+    put(176, &h.history.to_ne_bytes());
+    const _: () = assert!(184 <= HEADER_SIZE);
     out
 }
 

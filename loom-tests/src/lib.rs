@@ -1,5 +1,6 @@
-//! Loom models of shmbus's portable concurrency: the SPSC ring (`tests/spsc.rs`) and the
-//! wait/wake protocol (`tests/wake.rs`), with the helpers they share (here).
+//! Loom models of shmbus's portable concurrency: the ring with one reader (`tests/spsc.rs`)
+//! and with several, joining, leaving and lapped (`tests/broadcast.rs`), and the wait/wake
+//! protocol (`tests/wake.rs`), with the helpers they share (here).
 //!
 //! Built with `--cfg shmbus_loom`, the `shmbus` crate takes its atomics and cells from loom
 //! (`src/sync.rs`) and compiles only its portable layers (`ring`, `wait`), so these models check
@@ -25,4 +26,4 @@ mod ring;
 #[cfg(shmbus_loom)]
 pub use park::ModelFutex;
 #[cfg(shmbus_loom)]
-pub use ring::{ring, ring_batched, value_of, Rx, Slots, Tx, MESSAGE_LEN};
+pub use ring::{ring, ring_batched, value_of, Mode, Ring, Rx, Slots, Tx, MESSAGE_LEN};

@@ -1,7 +1,9 @@
-//! A model SPSC ring: both sides of `shmbus::ring::spsc` over heap slots, with `u64` messages.
+//! A model broadcast ring: the writer and readers of `shmbus::ring::broadcast` over heap slots,
+//! with `u64` messages.
 
+use crossbeam_utils::CachePadded;
 use loom::thread;
-use shmbus::ring::spsc::{Consumer, Peek, Producer, SpscCursors};
+use shmbus::ring::broadcast::{Peek, Reader, ReaderEntry, Table, Writer, WriterWords};
 use shmbus::ring::{HeapSlots, SlotStorage};
 use std::sync::Arc;
 
@@ -15,123 +17,207 @@ pub fn value_of(seq: u64) -> u64 {
     0x5eed_0000_0000_0000 | (seq + 1)
 }
 
-/// The ring's slots, shared by its two sides.
+/// The ring's slots, shared by its sides.
 pub type Slots = Arc<HeapSlots>;
 
-/// The producing side of a model ring.
+/// What a ring's sides point into: the writer's words and the reader table. Every side holds
+/// an `Arc` of it, so it outlives them all.
+#[derive(Debug)]
+pub struct Shared {
+    words: WriterWords,
+    entries: Box<[CachePadded<ReaderEntry>]>,
+}
+
+/// A ring's parts, before any side is attached: make the writer with [`Ring::writer`] and the
+/// readers with [`Ring::join`] (in any thread, at any time).
+#[derive(Clone, Debug)]
+pub struct Ring {
+    shared: Arc<Shared>,
+    slots: Slots,
+}
+
+/// How the writer treats a reader that falls behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait for the slowest reader (the bus's Block and Fail), keeping `history` messages.
+    Block {
+        /// Messages kept for joiners.
+        history: u64,
+    },
+    /// Never wait; readers copy and validate (the bus's Overwrite).
+    Overwrite,
+}
+
+impl Ring {
+    /// A fresh ring of `capacity` slots with a table of `readers` entries. Call inside
+    /// `loom::model`: its atomics and cells belong to one execution.
+    pub fn new(capacity: usize, readers: usize) -> Self {
+        Self::with_slots(HeapSlots::new(capacity), readers)
+    }
+
+    /// The same, with readers giving slots back `batch` at a time, as mapped rings do.
+    pub fn batched(capacity: usize, readers: usize, batch: u64) -> Self {
+        Self::with_slots(HeapSlots::with_release_batch(capacity, batch), readers)
+    }
+
+    fn with_slots(slots: HeapSlots, readers: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                words: WriterWords::new(),
+                entries: (0..readers)
+                    .map(|_| CachePadded::new(ReaderEntry::new()))
+                    .collect(),
+            }),
+            slots: Arc::new(slots),
+        }
+    }
+
+    /// The ring's only writer.
+    pub fn writer(&self, mode: Mode) -> Tx {
+        // SAFETY: the table is the ring's, kept alive by `Tx::_shared`.
+        let table = unsafe { Table::new(self.shared.entries.as_ptr(), self.shared.entries.len()) };
+        let (history, overwrite) = match mode {
+            Mode::Block { history } => (history, false),
+            Mode::Overwrite => (0, true),
+        };
+        // SAFETY: `Tx` keeps the shared words alive for the writer's life; the slots are this
+        // ring's; the models make one writer per ring; history < capacity (the models' choice).
+        let writer = unsafe {
+            Writer::new(
+                &self.shared.words,
+                table,
+                self.slots.clone(),
+                history,
+                overwrite,
+            )
+        };
+        Tx {
+            writer,
+            _shared: self.shared.clone(),
+        }
+    }
+
+    /// Attach a reader in entry `index` (taken for owner `index + 1`), starting `history`
+    /// messages back.
+    ///
+    /// # Panics
+    /// If the entry is taken.
+    pub fn join(&self, index: usize, history: u64) -> Rx {
+        let entry = &self.shared.entries[index];
+        assert!(entry.try_take(index as u32 + 1), "entry {index} is taken");
+        // SAFETY: `Rx` keeps the entry and words alive; the entry is ours (taken above).
+        let reader =
+            unsafe { Reader::join(&self.shared.words, &**entry, self.slots.clone(), history) };
+        Rx {
+            reader,
+            owner: index as u32 + 1,
+            _shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A ring of `capacity` slots with one reader attached from the start: the SPSC case.
+pub fn ring(capacity: usize) -> (Tx, Rx) {
+    let ring = Ring::new(capacity, 1);
+    let rx = ring.join(0, 0);
+    (ring.writer(Mode::Block { history: 0 }), rx)
+}
+
+/// The same, with the reader giving slots back `batch` at a time.
+pub fn ring_batched(capacity: usize, batch: u64) -> (Tx, Rx) {
+    let ring = Ring::batched(capacity, 1, batch);
+    let rx = ring.join(0, 0);
+    (ring.writer(Mode::Block { history: 0 }), rx)
+}
+
+/// The writing side of a model ring.
 #[derive(Debug)]
 pub struct Tx {
-    // Declared before the cursors it points into, so that it is dropped first.
-    producer: Producer<Slots>,
-    _cursors: Arc<SpscCursors>,
+    // Declared before what it points into, so that it is dropped first.
+    writer: Writer<Slots>,
+    _shared: Arc<Shared>,
 }
 
-/// The consuming side of a model ring.
+/// A reading side of a model ring.
 #[derive(Debug)]
 pub struct Rx {
-    consumer: Consumer<Slots>,
-    _cursors: Arc<SpscCursors>,
-}
-
-/// A fresh ring of `capacity` slots. Call inside `loom::model`: its atomics and cells belong to
-/// one execution.
-pub fn ring(capacity: usize) -> (Tx, Rx) {
-    ring_with(HeapSlots::new(capacity))
-}
-
-/// A fresh ring whose consumer gives slots back `batch` at a time, as mapped rings do.
-pub fn ring_batched(capacity: usize, batch: u64) -> (Tx, Rx) {
-    ring_with(HeapSlots::with_release_batch(capacity, batch))
-}
-
-fn ring_with(slots: HeapSlots) -> (Tx, Rx) {
-    let cursors = Arc::new(SpscCursors::new());
-    let slots: Slots = Arc::new(slots);
-    // SAFETY: `Tx` keeps the cursors alive for the producer's life; the slots are this ring's;
-    // this is the ring's only producer.
-    let producer = unsafe { Producer::new(&*cursors, slots.clone()) };
-    // SAFETY: as above, for the only consumer.
-    let consumer = unsafe { Consumer::new(&*cursors, slots) };
-    let tx = Tx {
-        producer,
-        _cursors: cursors.clone(),
-    };
-    let rx = Rx {
-        consumer,
-        _cursors: cursors,
-    };
-    (tx, rx)
+    reader: Reader<Slots>,
+    owner: u32,
+    _shared: Arc<Shared>,
 }
 
 impl Tx {
-    /// The library's producer, for models that drive it step by step.
-    pub fn producer(&mut self) -> &mut Producer<Slots> {
-        &mut self.producer
+    /// The library's writer, for models that drive it step by step.
+    pub fn writer(&mut self) -> &mut Writer<Slots> {
+        &mut self.writer
     }
 
-    /// Write message `next_seq()` (its value is `value_of(seq)`) if a slot is free: claim,
-    /// write in place, commit. Returns whether it was sent.
+    /// Block: write message `next_seq()` (its value is `value_of(seq)`) if a slot is free:
+    /// claim, write in place, commit. Returns whether it was sent.
     pub fn try_send(&mut self) -> bool {
-        let seq = self.producer.next_seq();
-        let Some(index) = self.producer.try_claim() else {
+        let seq = self.writer.next_seq();
+        let Some(index) = self.writer.try_claim() else {
             return false;
         };
-        self.producer.storage().with_payload_mut(index, |payload| {
+        self.writer.storage().with_payload_mut(index, |payload| {
             // SAFETY: a heap slot's payload is one 8-aligned `u64`, and the claimed slot is the
-            // producer's until `commit` (loom's cell checks that the consumer is not in it).
+            // writer's until `commit` (loom's cell checks that no reader is in it).
             unsafe { (payload as *mut u64).write(value_of(seq)) }
         });
-        self.producer.commit(MESSAGE_LEN);
+        self.writer.commit(MESSAGE_LEN);
         true
     }
 
-    /// Send the next message, yielding to the scheduler while the ring is full.
+    /// Block: send the next message, yielding to the scheduler while the ring is full.
     pub fn send(&mut self) {
         while !self.try_send() {
             thread::yield_now();
         }
     }
 
-    /// Whether a slot is free now (reloads the consumer's head).
+    /// Overwrite: publish the next message, never waiting.
+    pub fn overwrite(&mut self) {
+        let seq = self.writer.next_seq();
+        self.writer.publish_words(&[value_of(seq)], MESSAGE_LEN);
+    }
+
+    /// Whether a slot is free now (scans the readers).
     pub fn has_space(&mut self) -> bool {
-        self.producer.has_space()
+        self.writer.has_space()
     }
 }
 
 impl Rx {
-    /// Read the next message in place and release its slot, if one is there; returns its
-    /// sequence number and value. Finding none, gives back every slot read (`flush`).
+    /// Block: read the next message in place and release its slot, if one is there; returns
+    /// its sequence number and value. Finding none, gives back every slot read (`flush`).
     ///
     /// # Panics
-    /// If the ring reports a bad length or a wrong sequence number: an honest producer never
+    /// If the ring reports a bad length or a wrong sequence number: an honest writer never
     /// causes either.
     pub fn try_recv(&mut self) -> Option<(u64, u64)> {
-        let expected_seq = self.consumer.next_seq();
-        let ready = match self.consumer.peek() {
+        let expected_seq = self.reader.next_seq();
+        let ready = match self.reader.peek() {
             Peek::Empty => {
                 // As the bus does before it waits: give back every slot read.
-                self.consumer.flush();
+                self.reader.flush();
                 return None;
             }
             Peek::Ready(ready) => ready,
-            bad @ Peek::BadLength { .. } => panic!("an honest producer gave {bad:?}"),
+            bad @ Peek::BadLength { .. } => panic!("an honest writer gave {bad:?}"),
         };
         assert_eq!(ready.seq, expected_seq, "messages out of order");
         assert_eq!(ready.len, MESSAGE_LEN, "length of message {}", ready.seq);
-        let value = self
-            .consumer
-            .storage()
-            .with_payload(ready.index, |payload| {
-                // SAFETY: a heap slot's payload is one 8-aligned `u64`; the stamp said the message is
-                // in it, so the producer wrote it before (loom's cell checks that it is not still
-                // writing).
-                unsafe { (payload as *const u64).read() }
-            });
-        let _published = self.consumer.release();
+        let value = self.reader.storage().with_payload(ready.index, |payload| {
+            // SAFETY: a heap slot's payload is one 8-aligned `u64`; the stamp said the message
+            // is in it, so the writer wrote it before (loom's cell checks that it is not still
+            // writing).
+            unsafe { (payload as *const u64).read() }
+        });
+        let _published = self.reader.release();
         Some((ready.seq, value))
     }
 
-    /// Receive the next message, yielding to the scheduler while the ring is empty.
+    /// Block: receive the next message, yielding to the scheduler while the ring is empty.
     pub fn recv(&mut self) -> (u64, u64) {
         loop {
             if let Some(message) = self.try_recv() {
@@ -141,13 +227,36 @@ impl Rx {
         }
     }
 
+    /// Overwrite: copy the next message out, if one is there (skipping what was overwritten).
+    pub fn try_copy(&mut self) -> Option<(u64, u64)> {
+        let mut word = [0u64; 1];
+        match self.reader.read_copy(&mut word) {
+            Peek::Empty => None,
+            Peek::Ready(ready) => {
+                assert_eq!(ready.len, MESSAGE_LEN);
+                Some((ready.seq, word[0]))
+            }
+            bad @ Peek::BadLength { .. } => panic!("an honest writer gave {bad:?}"),
+        }
+    }
+
+    /// The library's reader.
+    pub fn reader(&self) -> &Reader<Slots> {
+        &self.reader
+    }
+
     /// The ring's slots, for models that bypass the protocol.
     pub fn storage(&self) -> &Slots {
-        self.consumer.storage()
+        self.reader.storage()
     }
 
     /// Whether the next message is there (its stamp is loaded with Acquire).
     pub fn has_message(&self) -> bool {
-        !matches!(self.consumer.peek(), Peek::Empty)
+        !matches!(self.reader.peek(), Peek::Empty)
+    }
+
+    /// Leave the table (the writer stops waiting for this reader) and free the entry.
+    pub fn leave(self) {
+        self.reader.leave_entry(self.owner);
     }
 }

@@ -1,4 +1,5 @@
-//! Loom models of the SPSC ring (`shmbus::ring::spsc`): every message arrives once, in order,
+//! Loom models of the ring with one reader (`shmbus::ring::broadcast`, the SPSC case): every
+//! message arrives once, in order,
 //! with its bytes, and no slot is read while written or written while read (loom's cells check
 //! that on every payload access). The full and empty edges have models of their own.
 #![cfg(shmbus_loom)]
@@ -76,7 +77,7 @@ fn a_full_ring_refuses_claims_until_the_consumer_releases() {
         for _ in 0..SMALL_CAPACITY {
             assert!(tx.try_send());
         }
-        assert_eq!(tx.producer().try_claim(), None, "claimed past capacity");
+        assert_eq!(tx.writer().try_claim(), None, "claimed past capacity");
         assert!(!tx.has_space());
 
         let released = Arc::new(AtomicBool::new(false));
@@ -94,7 +95,7 @@ fn a_full_ring_refuses_claims_until_the_consumer_releases() {
         loop {
             // Acquire: pairs with the consumer's Release store of the flag, after its release.
             let after_release = released.load(Ordering::Acquire);
-            match tx.producer().try_claim() {
+            match tx.writer().try_claim() {
                 Some(index) => {
                     assert_eq!(index, 0, "the freed slot is the oldest");
                     break;
@@ -106,7 +107,7 @@ fn a_full_ring_refuses_claims_until_the_consumer_releases() {
             }
         }
         assert!(tx.try_send(), "the claimed slot stays claimable");
-        assert_eq!(tx.producer().try_claim(), None, "full again");
+        assert_eq!(tx.writer().try_claim(), None, "full again");
 
         let mut rx = consumer.join().unwrap();
         for seq in 1..=SMALL_CAPACITY as u64 {

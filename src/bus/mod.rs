@@ -1,13 +1,15 @@
-//! The user API: a [`Bus`] names topics; a topic has one [`Publisher`] and one [`Subscriber`],
-//! each typed by its [`Payload`].
+//! The user API: a [`Bus`] names topics; a topic has one [`Publisher`] and any number of
+//! [`Subscriber`]s up to its table's size, each typed by its [`Payload`].
 
 mod control;
+mod discovery;
 mod payload;
 mod publisher;
 mod subscriber;
 
+pub use discovery::{SubscriberInfo, TopicInfo};
 pub use payload::Payload;
-pub use publisher::{Loan, Publisher, PublisherBuilder};
+pub use publisher::{Loan, Publisher, PublisherBuilder, DEFAULT_MAX_SUBSCRIBERS};
 pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 
 use crate::error::BusError;

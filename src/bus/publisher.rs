@@ -1,10 +1,10 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
-use super::control::TopicControl;
+use super::control::{control_size, TopicControl};
 use super::{payload::Payload, Bus};
 use crate::error::{CreateError, LoanError, SendTimeoutError, TryLoanError, TrySendError};
-use crate::layout::{Geometry, SegmentHeader};
-use crate::ring::spsc::Producer;
+use crate::layout::{Geometry, Policy, SegmentHeader, TopicShape};
+use crate::ring::broadcast::Writer;
 use crate::ring::MappedSlots;
 use crate::segment::{self, Segment, SegmentError};
 use crate::sync::Ordering;
@@ -21,6 +21,9 @@ pub struct PublisherBuilder<'b, T: ?Sized> {
     topic: String,
     capacity: u64,
     slot_size: Option<u64>,
+    policy: Policy,
+    max_subscribers: u32,
+    history: u64,
     wait: WaitStrategy,
     type_name: Option<String>,
     _type: PhantomData<fn(&T)>,
@@ -33,6 +36,9 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             topic: topic.into(),
             capacity: 1024,
             slot_size: None,
+            policy: Policy::Block,
+            max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
+            history: 0,
             wait: WaitStrategy::default(),
             type_name: None,
             _type: PhantomData,
@@ -40,9 +46,35 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     }
 
     /// Number of slots: a power of two from 2 up (1024 by default). Under backpressure the
-    /// publisher runs at most this many messages ahead of the subscriber.
+    /// publisher runs at most this many messages (less the history) ahead of the slowest
+    /// subscriber; under [`Policy::Overwrite`] a subscriber this far behind starts to lose
+    /// messages.
     pub fn capacity(mut self, slots: u64) -> Self {
         self.capacity = slots;
+        self
+    }
+
+    /// What the publisher does when a subscriber falls behind ([`Policy::Block`] by default).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How many subscribers may be attached at once (8 by default, up to
+    /// [`MAX_READERS`](crate::layout::MAX_READERS)): the size of the topic's subscriber table,
+    /// 128 bytes an entry.
+    pub fn max_subscribers(mut self, n: u32) -> Self {
+        self.max_subscribers = n;
+        self
+    }
+
+    /// Keep the last `messages` messages for subscribers that join late and ask for them
+    /// ([`SubscriberBuilder::history`](crate::SubscriberBuilder::history)); 0 by default, below
+    /// the capacity. Under [`Policy::Block`] the publisher then runs at most
+    /// `capacity - history` messages ahead of the slowest subscriber, and keeps that many even
+    /// with no subscriber at all; under [`Policy::Overwrite`] the ring keeps them anyway.
+    pub fn history(mut self, messages: u64) -> Self {
+        self.history = messages;
         self
     }
 
@@ -72,7 +104,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     ///
     /// # Errors
     /// [`CreateError::InvalidName`], [`CreateError::InvalidConfig`] (capacity not a power of
-    /// two, slot size out of range), [`CreateError::AlreadyExists`], [`CreateError::NoSpace`]
+    /// two, slot size out of range, history not below the capacity, a subscriber table out of
+    /// range), [`CreateError::AlreadyExists`], [`CreateError::NoSpace`]
     /// (the needed and available bytes), [`CreateError::Segment`] for other system errors.
     pub fn create(self) -> Result<Publisher<T>, CreateError> {
         let name =
@@ -87,7 +120,13 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             self.capacity,
             slot_size,
             T::align() as u64,
-            size_of::<TopicControl>() as u32,
+            control_size(self.max_subscribers.min(crate::layout::MAX_READERS)),
+        )?;
+        let shape = TopicShape::new(
+            self.policy,
+            self.max_subscribers,
+            self.history,
+            geometry.capacity,
         )?;
         let segment =
             Segment::create(&name, geometry.total_size, self.bus.access).map_err(|e| match e {
@@ -111,7 +150,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         control.peers.publisher.store(pid, Ordering::Relaxed);
         // SAFETY: the segment is new (O_EXCL), mapped, page-aligned and larger than a header;
         // nobody can see it as ready before this call marks it so.
-        unsafe { SegmentHeader::publish(base, &geometry, &fingerprint, pid) };
+        unsafe { SegmentHeader::publish(base, &geometry, &shape, &fingerprint, pid) };
         // SAFETY: the slot array lies at `slots_offset` in the mapping per `geometry`, and the
         // mapping lives in `Publisher::segment`, which outlives the producer (field order).
         let slots = unsafe {
@@ -120,16 +159,32 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 &geometry,
             )
         };
-        // SAFETY: the cursors are in the mapping (as above); this is the topic's only producer:
-        // it just created the segment with O_EXCL.
-        let producer = unsafe { Producer::new(&control.ring, slots) };
-        let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.space);
+        // SAFETY: the table follows the control block in the mapping (`control_size` counted
+        // it), which `Publisher::segment` keeps mapped.
+        let table = unsafe { control.table(shape.max_readers) };
+        // SAFETY: the writer's words and the table are in the mapping (as above); this is the
+        // topic's only writer: it just created the segment with O_EXCL. History < capacity.
+        let writer = unsafe {
+            Writer::new(
+                &*control.writer,
+                table,
+                slots,
+                shape.history,
+                shape.policy == Policy::Overwrite,
+            )
+        };
+        let may_wait = self.policy == Policy::Block && self.wait.may_sleep();
+        let barrier_ok = may_wait && wait::announce_sleeper(&control.space);
+        let staging = (self.policy == Policy::Overwrite)
+            .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
         Ok(Publisher {
             inner: Inner {
-                producer,
+                writer,
                 control,
+                policy: self.policy,
                 wait: self.wait,
                 barrier_ok,
+                staging,
                 slot_size: geometry.slot_size,
             },
             topic: self.topic,
@@ -139,15 +194,60 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     }
 }
 
+/// Subscribers a topic admits at once unless its publisher asks for another number.
+pub const DEFAULT_MAX_SUBSCRIBERS: u32 = 8;
+
 /// The state a loan needs, apart from the segment that keeps it mapped.
 #[derive(Debug)]
 struct Inner {
-    producer: Producer<MappedSlots>,
+    writer: Writer<MappedSlots>,
     /// Points into `Publisher::segment`'s mapping, which outlives it.
     control: *const TopicControl,
+    policy: Policy,
     wait: WaitStrategy,
     barrier_ok: bool,
+    /// Overwrite: where a loan is written before `send` stores it into the slot, word by word
+    /// (subscribers may be copying the slot meanwhile; see `crate::ring::broadcast`).
+    staging: Option<AlignedWords>,
     slot_size: u32,
+}
+
+/// A private buffer of whole words, aligned for a payload type: an Overwrite publisher's
+/// staging area and an Overwrite subscriber's copy. Allocated once, at create or open.
+#[derive(Debug)]
+pub(crate) struct AlignedWords {
+    buf: Box<[u64]>,
+    /// Offset (in words) of the first word aligned for the payload.
+    start: usize,
+    words: usize,
+}
+
+impl AlignedWords {
+    /// Room for `bytes` bytes rounded up to words, aligned to `align` (a power of two).
+    pub(crate) fn new(bytes: usize, align: usize) -> Self {
+        let words = bytes.div_ceil(8);
+        let extra = align.div_ceil(8).saturating_sub(1);
+        let buf = vec![0u64; words + extra].into_boxed_slice();
+        let misalign = buf.as_ptr() as usize % align.max(8);
+        let start = if misalign == 0 {
+            0
+        } else {
+            (align - misalign) / 8
+        };
+        Self { buf, start, words }
+    }
+
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.buf[self.start..self.start + self.words]
+    }
+
+    pub(crate) fn words_mut(&mut self) -> &mut [u64] {
+        &mut self.buf[self.start..self.start + self.words]
+    }
+
+    pub(crate) fn ptr(&mut self) -> *mut u8 {
+        self.words_mut().as_mut_ptr() as *mut u8
+    }
 }
 
 impl Inner {
@@ -157,33 +257,54 @@ impl Inner {
         unsafe { &*self.control }
     }
 
+    /// A slot for the next message: under Block the ring's own (or `None` while it is full
+    /// for some subscriber), under Overwrite the staging buffer (always). The pointer is where
+    /// the loan writes.
+    #[inline(always)]
+    fn try_claim(&mut self) -> Option<*mut u8> {
+        match &mut self.staging {
+            Some(staging) => Some(staging.ptr()),
+            None => {
+                let index = self.writer.try_claim()?;
+                Some(self.writer.storage().payload_ptr(index))
+            }
+        }
+    }
+
+    /// As `try_claim`, waiting (Block) until `deadline` while the ring is full.
     #[inline]
-    fn claim(&mut self, deadline: Option<Instant>) -> Option<usize> {
-        if let Some(index) = self.producer.try_claim() {
-            return Some(index);
+    fn claim(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
+        if let Some(ptr) = self.try_claim() {
+            return Ok(ptr);
         }
         self.claim_slow(deadline)
     }
 
     #[cold]
-    fn claim_slow(&mut self, deadline: Option<Instant>) -> Option<usize> {
+    fn claim_slow(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
+        if self.policy == Policy::Fail {
+            return Err(LoanError::Full);
+        }
         // SAFETY: the control block outlives this call (see `control`); borrowing it through the
-        // raw pointer leaves `self.producer` free for the closure.
+        // raw pointer leaves `self.writer` free for the closure.
         let control = unsafe { &*self.control };
         let (wait, barrier_ok) = (self.wait, self.barrier_ok);
-        let producer = &mut self.producer;
+        let writer = &mut self.writer;
         if wait::wait_until(wait, &control.space, barrier_ok, deadline, || {
-            producer.has_space()
+            writer.has_space()
         }) {
-            self.producer.try_claim()
+            self.try_claim().ok_or(LoanError::Timeout)
         } else {
-            None
+            Err(LoanError::Timeout)
         }
     }
 
     #[inline(always)]
     fn commit(&mut self, len: u32) {
-        self.producer.commit(len);
+        match &self.staging {
+            Some(staging) => self.writer.publish_words(staging.words(), len),
+            None => self.writer.commit(len),
+        }
         self.control().data.notify(&Futex);
     }
 }
@@ -215,12 +336,47 @@ impl<T: ?Sized> Publisher<T> {
     /// Number of slots.
     pub fn capacity(&self) -> u64 {
         use crate::ring::SlotStorage;
-        self.inner.producer.storage().capacity()
+        self.inner.writer.storage().capacity()
+    }
+
+    /// The topic's policy.
+    pub fn policy(&self) -> Policy {
+        self.inner.policy
     }
 
     /// Sequence number the next message will get (messages sent so far).
     pub fn next_seq(&self) -> u64 {
-        self.inner.producer.next_seq()
+        self.inner.writer.next_seq()
+    }
+
+    /// How many subscribers are attached now.
+    ///
+    /// A subscriber receives the messages published after it attached (and the history it
+    /// asked for): a publisher whose first messages must reach a subscriber waits for it with
+    /// [`Publisher::wait_for_subscribers`] before it sends them.
+    pub fn subscribers(&self) -> usize {
+        self.inner
+            .writer
+            .table()
+            .entries()
+            .iter()
+            .filter(|e| e.head().is_some())
+            .count()
+    }
+
+    /// Wait until at least `n` subscribers are attached, checking every 100 µs, for up to
+    /// `timeout`. Returns whether they are.
+    pub fn wait_for_subscribers(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.subscribers() >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// Largest payload in bytes.
@@ -228,9 +384,9 @@ impl<T: ?Sized> Publisher<T> {
         self.inner.slot_size as usize
     }
 
-    fn loan_at(&mut self, index: usize, len: u32) -> Loan<'_, T> {
+    fn loan_at(&mut self, ptr: *mut u8, len: u32) -> Loan<'_, T> {
         Loan {
-            ptr: self.inner.producer.storage().payload_ptr(index),
+            ptr,
             len,
             inner: &mut self.inner,
             _type: PhantomData,
@@ -239,15 +395,19 @@ impl<T: ?Sized> Publisher<T> {
 }
 
 impl<T: bytemuck::Pod> Publisher<T> {
-    /// Loan the next slot without waiting: `Err(TryLoanError::Full)` when every slot holds a
-    /// message the subscriber has not released. Real-time safe: no allocation, lock or syscall.
+    /// Loan the next slot without waiting: `Err(TryLoanError::Full)` when the slowest
+    /// subscriber has not released the slot (never under [`Policy::Overwrite`]). Real-time
+    /// safe: no allocation, lock or syscall.
+    ///
+    /// Under Block and Fail the loan is the slot itself, in shared memory; under Overwrite it
+    /// is a private buffer that `send` stores into the slot (subscribers may be copying it).
     ///
     /// # Errors
     /// [`TryLoanError::Full`].
     #[inline]
     pub fn try_loan(&mut self) -> Result<Loan<'_, T>, TryLoanError> {
-        match self.inner.producer.try_claim() {
-            Some(index) => Ok(self.loan_at(index, size_of::<T>() as u32)),
+        match self.inner.try_claim() {
+            Some(ptr) => Ok(self.loan_at(ptr, size_of::<T>() as u32)),
             None => Err(TryLoanError::Full),
         }
     }
@@ -256,24 +416,20 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// full. Waits for as long as it takes: see [`Publisher::loan_timeout`].
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for a closed topic.
+    /// [`LoanError::Full`] at once under [`Policy::Fail`].
     #[inline]
     pub fn loan(&mut self) -> Result<Loan<'_, T>, LoanError> {
-        match self.inner.claim(None) {
-            Some(index) => Ok(self.loan_at(index, size_of::<T>() as u32)),
-            None => Err(LoanError::Timeout),
-        }
+        let ptr = self.inner.claim(None)?;
+        Ok(self.loan_at(ptr, size_of::<T>() as u32))
     }
 
     /// Like [`Publisher::loan`], giving up after `timeout`.
     ///
     /// # Errors
-    /// [`LoanError::Timeout`].
+    /// [`LoanError::Timeout`]; [`LoanError::Full`] at once under [`Policy::Fail`].
     pub fn loan_timeout(&mut self, timeout: Duration) -> Result<Loan<'_, T>, LoanError> {
-        match self.inner.claim(Some(Instant::now() + timeout)) {
-            Some(index) => Ok(self.loan_at(index, size_of::<T>() as u32)),
-            None => Err(LoanError::Timeout),
-        }
+        let ptr = self.inner.claim(Some(Instant::now() + timeout))?;
+        Ok(self.loan_at(ptr, size_of::<T>() as u32))
     }
 
     /// Copy `value` into the next slot and send it, without waiting.
@@ -293,21 +449,27 @@ impl<T: bytemuck::Pod> Publisher<T> {
     }
 
     /// Copy `value` into the next slot and send it, waiting while the ring is full.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] hands `value` back, at once, under [`Policy::Fail`] only.
     #[inline]
-    pub fn send(&mut self, value: T) {
-        let index = self
-            .inner
-            .claim(None)
-            .expect("a wait without a deadline ends only with a slot");
-        let mut loan = self.loan_at(index, size_of::<T>() as u32);
-        loan.write(value);
-        loan.send();
+    pub fn send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        match self.inner.claim(None) {
+            Ok(ptr) => {
+                let mut loan = self.loan_at(ptr, size_of::<T>() as u32);
+                loan.write(value);
+                loan.send();
+                Ok(())
+            }
+            Err(_) => Err(TrySendError::Full(value)),
+        }
     }
 
     /// Like [`Publisher::send`], giving up after `timeout`.
     ///
     /// # Errors
-    /// [`SendTimeoutError::Timeout`] hands `value` back.
+    /// [`SendTimeoutError::Timeout`] hands `value` back; [`SendTimeoutError::Full`] too, at
+    /// once, under [`Policy::Fail`].
     pub fn send_timeout(&mut self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         match self.loan_timeout(timeout) {
             Ok(mut loan) => {
@@ -315,6 +477,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
                 loan.send();
                 Ok(())
             }
+            Err(LoanError::Full) => Err(SendTimeoutError::Full(value)),
             Err(_) => Err(SendTimeoutError::Timeout(value)),
         }
     }
@@ -337,8 +500,8 @@ impl Publisher<[u8]> {
         let len = self
             .check_len(len)
             .map_err(|(len, max)| TryLoanError::TooLarge { len, max })?;
-        match self.inner.producer.try_claim() {
-            Some(index) => Ok(self.loan_at(index, len)),
+        match self.inner.try_claim() {
+            Some(ptr) => Ok(self.loan_at(ptr, len)),
             None => Err(TryLoanError::Full),
         }
     }
@@ -347,7 +510,8 @@ impl Publisher<[u8]> {
     /// (`timeout`: `None` waits for as long as it takes).
     ///
     /// # Errors
-    /// [`LoanError::TooLarge`]; [`LoanError::Timeout`].
+    /// [`LoanError::TooLarge`]; [`LoanError::Timeout`]; [`LoanError::Full`] at once under
+    /// [`Policy::Fail`].
     pub fn loan_bytes(
         &mut self,
         len: usize,
@@ -356,10 +520,8 @@ impl Publisher<[u8]> {
         let len = self
             .check_len(len)
             .map_err(|(len, max)| LoanError::TooLarge { len, max })?;
-        match self.inner.claim(timeout.map(|t| Instant::now() + t)) {
-            Some(index) => Ok(self.loan_at(index, len)),
-            None => Err(LoanError::Timeout),
-        }
+        let ptr = self.inner.claim(timeout.map(|t| Instant::now() + t))?;
+        Ok(self.loan_at(ptr, len))
     }
 
     /// Copy `bytes` into the next slot and send them, without waiting.
@@ -377,7 +539,7 @@ impl Publisher<[u8]> {
 impl<T: ?Sized> Drop for Publisher<T> {
     fn drop(&mut self) {
         let control = self.inner.control();
-        if self.inner.wait.may_sleep() {
+        if self.inner.policy == Policy::Block && self.inner.wait.may_sleep() {
             control.space.lower_may_sleep();
         }
         // Release: pairs with the subscriber's Acquire load in `poll`: every message committed
@@ -422,7 +584,7 @@ impl<T: ?Sized> Loan<'_, T> {
 
     /// The sequence number the message will have.
     pub fn seq(&self) -> u64 {
-        self.inner.producer.next_seq()
+        self.inner.writer.next_seq()
     }
 }
 
@@ -441,7 +603,8 @@ impl<T: bytemuck::Pod> Deref for Loan<'_, T> {
         // SAFETY: the slot's payload is aligned for `T` (the geometry's payload offset and stride
         // are multiples of `align_of::<T>()`) and holds `size_of::<T>()` initialised bytes (the
         // segment was zero-filled); any bytes are a valid `T` (`Pod`); the slot is the
-        // publisher's alone until `send` (the consumer released it).
+        // publisher's alone until `send` (every subscriber released it). Under Overwrite the
+        // pointer is the publisher's staging buffer, aligned for `T` and as long as a slot.
         unsafe { &*(self.ptr as *const T) }
     }
 }

@@ -1,10 +1,14 @@
 //! The subscribing side of a topic: open it, check it, receive messages in place.
 
-use super::control::TopicControl;
+use super::control::{claim_entry, control_size, TopicControl};
+use super::publisher::AlignedWords;
 use super::{payload::Payload, Bus};
 use crate::error::{OpenError, RecvError};
-use crate::layout::{Geometry, HeaderValues, LayoutError, HEADER_SIZE, MAX_SEGMENT_SIZE};
-use crate::ring::spsc::{Consumer, Peek, Ready};
+use crate::layout::{
+    Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_READERS,
+    MAX_SEGMENT_SIZE,
+};
+use crate::ring::broadcast::{Peek, Reader, Ready};
 use crate::ring::MappedSlots;
 use crate::segment::{Segment, SegmentError};
 use crate::sync::{spin_hint, Ordering};
@@ -21,6 +25,7 @@ pub struct SubscriberBuilder<'b, T: ?Sized> {
     topic: String,
     wait: WaitStrategy,
     slip: Duration,
+    history: u64,
     type_name: Option<String>,
     _type: PhantomData<fn(&T)>,
 }
@@ -32,6 +37,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             topic: topic.into(),
             wait: WaitStrategy::default(),
             slip: Duration::ZERO,
+            history: 0,
             type_name: None,
             _type: PhantomData,
         }
@@ -62,6 +68,15 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         self
     }
 
+    /// Start with the last `messages` messages already published, as far as the topic keeps
+    /// them (its publisher's [`history`](crate::PublisherBuilder::history) under Block and Fail,
+    /// up to its capacity less one under Overwrite); 0 by default: only messages published after
+    /// the subscriber joined. [`Subscriber::next_seq`] tells where it started.
+    pub fn history(mut self, messages: u64) -> Self {
+        self.history = messages;
+        self
+    }
+
     /// The name expected in the type fingerprint (see
     /// [`PublisherBuilder::type_name`](crate::PublisherBuilder::type_name)).
     pub fn type_name(mut self, name: &str) -> Self {
@@ -74,52 +89,16 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     /// # Errors
     /// [`OpenError::NotFound`], [`OpenError::NotReady`], [`OpenError::IncompatibleType`],
     /// [`OpenError::UnsupportedVersion`], [`OpenError::TooSmall`], [`OpenError::Corrupt`],
-    /// [`OpenError::Busy`], [`OpenError::InvalidName`], and [`OpenError::Segment`] for an owner,
+    /// [`OpenError::TooManySubscribers`], [`OpenError::InvalidName`], and [`OpenError::Segment`] for an owner,
     /// a mode or a system error.
     pub fn open(&self) -> Result<Subscriber<T>, OpenError> {
-        let name = self
-            .bus
-            .segment_name(&self.topic)
-            .map_err(|reason| OpenError::InvalidName {
-                topic: self.topic.clone(),
-                reason,
-            })?;
         let topic = || self.topic.clone();
-        let segment =
-            Segment::open(&name, self.bus.access, 0, MAX_SEGMENT_SIZE).map_err(|e| match e {
-                SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
-                e => OpenError::Segment(e),
-            })?;
-        // `Segment::create` makes the name visible before it sets the size: an empty segment
-        // is one being created.
-        if segment.is_empty() {
-            return Err(OpenError::NotReady { topic: topic() });
-        }
-        if segment.len() < HEADER_SIZE as u64 {
-            return Err(OpenError::TooSmall {
-                topic: topic(),
-                size: segment.len(),
-            });
-        }
-        let control_size = size_of::<TopicControl>() as u32;
-        // SAFETY: the mapping is page-aligned and at least HEADER_SIZE bytes long.
-        let header = unsafe { HeaderValues::read(segment.base().as_ptr()) };
-        let geometry =
-            Geometry::validate(&header, segment.len(), control_size).map_err(|e| match e {
-                LayoutError::TooSmall { size } => OpenError::TooSmall {
-                    topic: topic(),
-                    size,
-                },
-                LayoutError::NotReady => OpenError::NotReady { topic: topic() },
-                LayoutError::UnsupportedVersion { found } => OpenError::UnsupportedVersion {
-                    topic: topic(),
-                    found,
-                },
-                reason => OpenError::Corrupt {
-                    topic: topic(),
-                    reason,
-                },
-            })?;
+        let OpenTopic {
+            segment,
+            header,
+            geometry,
+            shape,
+        } = open_topic(self.bus, &self.topic)?;
         let expected = T::fingerprint(self.type_name.as_deref());
         let found = header.fingerprint();
         if found != Some(expected) {
@@ -150,24 +129,37 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         let control = unsafe {
             &*(base.as_ptr().add(geometry.control_offset as usize) as *const TopicControl)
         };
-        control
-            .peers
-            .claim_subscriber(std::process::id())
-            .map_err(|pid| OpenError::Busy {
-                topic: topic(),
-                pid,
-            })?;
+        // SAFETY: the validated control size counts `shape.max_readers` entries after the
+        // control block, inside the mapping, which `Subscriber::segment` keeps mapped.
+        let table = unsafe { control.table(shape.max_readers) };
+        let me = std::process::id();
+        let index = claim_entry(&table, me).map_err(|pids| OpenError::TooManySubscribers {
+            topic: topic(),
+            max: shape.max_readers,
+            pids,
+        })?;
         // SAFETY: validated geometry (slots inside the mapping, aligned); the mapping lives in
-        // `Subscriber::segment`, dropped after the consumer (field order).
+        // `Subscriber::segment`, dropped after the reader (field order).
         let slots =
             unsafe { MappedSlots::new(base.add(geometry.slots_offset as usize), &geometry) };
-        // SAFETY: cursors in the mapping as above; we hold the subscriber's place, so we are
-        // the only consumer.
-        let consumer = unsafe { Consumer::new(&control.ring, slots) };
-        let first_seq = consumer.next_seq();
+        // SAFETY: the writer's words and the entry are in the mapping (as above); the entry is
+        // ours (claimed above).
+        let reader = unsafe {
+            Reader::join(
+                &*control.writer,
+                &*table.entries()[index],
+                slots,
+                self.history,
+            )
+        };
+        let first_seq = reader.next_seq();
+        let copy = (shape.policy == Policy::Overwrite)
+            .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
         let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
         Ok(Subscriber {
-            consumer,
+            reader,
+            copy,
+            policy: shape.policy,
             control,
             wait: self.wait,
             slip: self.slip,
@@ -201,6 +193,84 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     }
 }
 
+/// A topic's segment, opened and validated: what a subscriber and discovery both start from.
+pub(crate) struct OpenTopic {
+    pub(crate) segment: Segment,
+    pub(crate) header: HeaderValues,
+    pub(crate) geometry: Geometry,
+    pub(crate) shape: TopicShape,
+}
+
+impl OpenTopic {
+    /// The control block.
+    pub(crate) fn control(&self) -> &TopicControl {
+        // SAFETY: `geometry` was validated against this mapping: the control block lies inside
+        // it, 128-aligned; any bytes are valid for its atomics; it lives as long as `self`.
+        unsafe {
+            &*(self
+                .segment
+                .base()
+                .as_ptr()
+                .add(self.geometry.control_offset as usize) as *const TopicControl)
+        }
+    }
+}
+
+/// Open topic `topic` of `bus` and check its header: every refusal but the type's.
+pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError> {
+    let name = bus
+        .segment_name(topic)
+        .map_err(|reason| OpenError::InvalidName {
+            topic: topic.into(),
+            reason,
+        })?;
+    let topic = || topic.to_string();
+    let segment = Segment::open(&name, bus.access, 0, MAX_SEGMENT_SIZE).map_err(|e| match e {
+        SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
+        e => OpenError::Segment(e),
+    })?;
+    // `Segment::create` makes the name visible before it sets the size: an empty segment
+    // is one being created.
+    if segment.is_empty() {
+        return Err(OpenError::NotReady { topic: topic() });
+    }
+    if segment.len() < HEADER_SIZE as u64 {
+        return Err(OpenError::TooSmall {
+            topic: topic(),
+            size: segment.len(),
+        });
+    }
+    // SAFETY: the mapping is page-aligned and at least HEADER_SIZE bytes long.
+    let header = unsafe { HeaderValues::read(segment.base().as_ptr()) };
+    // The table's size comes from the header: clamped here, so that the size is computed
+    // safely; a wrong one then fails the control size check.
+    let control_size = control_size(header.max_readers.min(MAX_READERS));
+    let corrupt = |reason| OpenError::Corrupt {
+        topic: topic(),
+        reason,
+    };
+    let geometry =
+        Geometry::validate(&header, segment.len(), control_size).map_err(|e| match e {
+            LayoutError::TooSmall { size } => OpenError::TooSmall {
+                topic: topic(),
+                size,
+            },
+            LayoutError::NotReady => OpenError::NotReady { topic: topic() },
+            LayoutError::UnsupportedVersion { found } => OpenError::UnsupportedVersion {
+                topic: topic(),
+                found,
+            },
+            reason => corrupt(reason),
+        })?;
+    let shape = TopicShape::validate(&header, geometry.capacity).map_err(corrupt)?;
+    Ok(OpenTopic {
+        segment,
+        header,
+        geometry,
+        shape,
+    })
+}
+
 /// Messages received without finding the ring empty, after which an empty ring makes a
 /// subscriber with a [`SubscriberBuilder::slip`] pause.
 pub const SLIP_RUN: u64 = 16;
@@ -216,7 +286,10 @@ fn expected_unknown() -> crate::layout::TypeFingerprint {
 /// until dropped, so one thread at a time reads.
 #[derive(Debug)]
 pub struct Subscriber<T: ?Sized> {
-    consumer: Consumer<MappedSlots>,
+    reader: Reader<MappedSlots>,
+    /// Overwrite: where each message is copied (and validated) before it is handed out.
+    copy: Option<AlignedWords>,
+    policy: Policy,
     /// Points into `segment`'s mapping.
     control: *const TopicControl,
     wait: WaitStrategy,
@@ -256,9 +329,22 @@ impl<T: ?Sized> Subscriber<T> {
         self.slips
     }
 
-    /// Sequence number of the next message to receive (messages received so far).
+    /// Sequence number of the next message to receive: where this subscriber joined, plus
+    /// the messages it has received and lost since.
     pub fn next_seq(&self) -> u64 {
-        self.consumer.next_seq()
+        self.reader.next_seq()
+    }
+
+    /// Messages this subscriber lost because the publisher overwrote them before it read them
+    /// ([`Policy::Overwrite`] only; always 0 otherwise). Exact: with what it received, they
+    /// account for every message published since it joined.
+    pub fn lost(&self) -> u64 {
+        self.reader.lost()
+    }
+
+    /// The topic's policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// The next message if it is ready and well formed: the whole fast path of every receive,
@@ -267,9 +353,13 @@ impl<T: ?Sized> Subscriber<T> {
     /// read back as 16-byte loads, a failed store-to-load forwarding per message: it held a
     /// streaming subscriber at ~100 M 8-byte messages/s where this path reaches ~380 M
     /// (`shmbus bench --only stream`, same machine state).
+    /// Under Overwrite it finds nothing: a copy goes through `poll`, out of line.
     #[inline(always)]
     fn poll_ready(&self) -> Option<Ready> {
-        match self.consumer.peek() {
+        if self.copy.is_some() {
+            return None;
+        }
+        match self.reader.peek() {
             Peek::Ready(ready) if self.expected_len.is_none_or(|e| e == ready.len) => Some(ready),
             _ => None,
         }
@@ -278,7 +368,12 @@ impl<T: ?Sized> Subscriber<T> {
     /// Look for the next message without waiting.
     #[inline]
     fn poll(&mut self) -> Result<Option<Ready>, RecvError> {
-        match self.consumer.peek() {
+        let peek = match &mut self.copy {
+            // Overwrite: copy and validate; the reader has moved past the message already.
+            Some(copy) => self.reader.read_copy(copy.words_mut()),
+            None => self.reader.peek(),
+        };
+        match peek {
             Peek::Ready(ready) => match self.expected_len {
                 Some(expected) if ready.len != expected => {
                     self.skip_corrupt(ready.seq, ready.len, expected)
@@ -287,15 +382,15 @@ impl<T: ?Sized> Subscriber<T> {
             },
             Peek::Empty => self.poll_empty(),
             Peek::BadLength { seq, len } => {
-                let expected = self.expected_len.unwrap_or(self.consumer_slot_size());
+                let expected = self.expected_len.unwrap_or(self.slot_size());
                 self.skip_corrupt(seq, len, expected)
             }
         }
     }
 
-    fn consumer_slot_size(&self) -> u32 {
+    fn slot_size(&self) -> u32 {
         use crate::ring::SlotStorage;
-        self.consumer.storage().slot_size()
+        self.reader.storage().slot_size()
     }
 
     #[cold]
@@ -313,7 +408,7 @@ impl<T: ?Sized> Subscriber<T> {
     fn poll_empty(&mut self) -> Result<Option<Ready>, RecvError> {
         // About to report "nothing": give back every slot read, so that the publisher never
         // waits for slots this side is done with.
-        if self.consumer.flush() {
+        if self.reader.flush() {
             self.control().space.notify(&Futex);
         }
         // Acquire: pairs with the publisher's Release store at close; every message it sent is
@@ -321,15 +416,28 @@ impl<T: ?Sized> Subscriber<T> {
         if self.control().peers.publisher.load(Ordering::Acquire) != 0 {
             return Ok(None);
         }
-        match self.consumer.peek() {
-            Peek::Empty => Err(RecvError::Disconnected),
-            _ => Ok(None), // a message landed meanwhile: the caller polls again
+        if self.has_news() {
+            return Ok(None); // a message landed meanwhile: the caller polls again
+        }
+        Err(RecvError::Disconnected)
+    }
+
+    /// Whether there is something to look at: a message (Block), or under Overwrite a message
+    /// or the news that some were lost.
+    #[inline]
+    fn has_news(&self) -> bool {
+        if self.copy.is_some() {
+            self.reader.has_news()
+        } else {
+            !matches!(self.reader.peek(), Peek::Empty)
         }
     }
 
+    /// Be done with the message at the head (Block: give its slot back; under Overwrite the
+    /// copy already moved past it).
     #[inline(always)]
     fn release(&mut self) {
-        if self.consumer.release() {
+        if self.copy.is_none() && self.reader.release() {
             self.control().space.notify(&Futex);
         }
     }
@@ -344,7 +452,7 @@ impl<T: ?Sized> Subscriber<T> {
     /// `recv_timeout`, out of line so that their fast path stays small.
     #[inline(never)]
     fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<Ready>, RecvError> {
-        let head = self.consumer.next_seq();
+        let head = self.reader.next_seq();
         if !self.slip.is_zero() && head.wrapping_sub(self.empty_at) >= SLIP_RUN {
             self.slips += 1;
             let end = Instant::now() + self.slip;
@@ -358,15 +466,12 @@ impl<T: ?Sized> Subscriber<T> {
             if let Some(ready) = self.poll()? {
                 return Ok(Some(ready));
             }
-            // SAFETY: the control block outlives this call; borrowing it through the raw pointer
-            // leaves `self.consumer` free for the closure.
-            let control = unsafe { &*self.control };
-            let consumer = &self.consumer;
+            let this = &*self;
+            let control = this.control();
             let arrived =
-                wait::wait_until(self.wait, &control.data, self.barrier_ok, deadline, || {
-                    // Acquire (inside `peek`/the load): what `poll` then reads is visible.
-                    !matches!(consumer.peek(), Peek::Empty)
-                        || control.peers.publisher.load(Ordering::Acquire) == 0
+                wait::wait_until(this.wait, &control.data, this.barrier_ok, deadline, || {
+                    // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
+                    this.has_news() || control.peers.publisher.load(Ordering::Acquire) == 0
                 });
             if !arrived {
                 return self.poll();
@@ -376,8 +481,12 @@ impl<T: ?Sized> Subscriber<T> {
 
     #[inline(always)]
     fn sample(&mut self, ready: Ready) -> Sample<'_, T> {
+        let ptr = match &mut self.copy {
+            Some(copy) => copy.ptr() as *const u8,
+            None => self.reader.storage().payload_ptr(ready.index),
+        };
         Sample {
-            ptr: self.consumer.storage().payload_ptr(ready.index),
+            ptr,
             len: ready.len,
             seq: ready.seq,
             subscriber: self,
@@ -435,18 +544,13 @@ impl<T: ?Sized> Subscriber<T> {
 
 impl<T: ?Sized> Drop for Subscriber<T> {
     fn drop(&mut self) {
-        self.consumer.flush();
+        // Out of the table first: a publisher waiting for this subscriber stops waiting.
+        self.reader.leave_entry(std::process::id());
         let control = self.control();
         control.space.notify(&Futex);
         if self.wait.may_sleep() {
             control.data.lower_may_sleep();
         }
-        let me = std::process::id();
-        let _ =
-            control
-                .peers
-                .subscriber
-                .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 }
 

@@ -10,7 +10,7 @@
 //! line moving from the producer's core to the consumer's, where polling a shared tail index
 //! and then reading the slot would cost two.
 
-pub mod spsc;
+pub mod broadcast;
 mod storage;
 
 #[cfg(not(shmbus_loom))]

@@ -21,6 +21,9 @@ pub unsafe trait SlotStorage {
     fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R;
     /// Write the slot's payload through a pointer valid for the closure's duration.
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R;
+    /// The slot's payload as `slot_size.div_ceil(8)` atomic words: how both sides reach an
+    /// Overwrite slot, which a reader may copy while the writer rewrites it.
+    fn payload_words(&self, index: usize) -> &[AtomicU64];
     /// How many slots the consumer frees at once (see `spsc::Consumer::release`): at least 1,
     /// at most a quarter of the capacity.
     fn release_batch(&self) -> u64 {
@@ -44,6 +47,9 @@ unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
     }
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
         (**self).with_payload_mut(index, f)
+    }
+    fn payload_words(&self, index: usize) -> &[AtomicU64] {
+        (**self).payload_words(index)
     }
     fn release_batch(&self) -> u64 {
         (**self).release_batch()
@@ -136,6 +142,20 @@ unsafe impl SlotStorage for MappedSlots {
         f(self.payload_ptr(index))
     }
 
+    #[inline(always)]
+    fn payload_words(&self, index: usize) -> &[AtomicU64] {
+        // SAFETY: the payload starts 8-aligned (`payload_offset` is a multiple of 8, as are the
+        // stride and the slots offset), and the stride leaves `slot_size` rounded up to 8 bytes
+        // after it (stride and payload offset are both multiples of 8); atomics are valid for
+        // any bits, and other processes reach these words atomically too.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.payload_ptr(index) as *const AtomicU64,
+                (self.slot_size as usize).div_ceil(8),
+            )
+        }
+    }
+
     /// Slots covering 1 KiB (`RELEASE_BYTES`): a full ring's producer then refills whole cache lines
     /// the consumer has left, instead of the line it is reading. Measured with
     /// `shmbus bench --only stream`, back to back on one machine: 8-byte messages 55 -> 104 M
@@ -157,6 +177,8 @@ pub struct HeapSlots {
     release_batch: u64,
     tags: Box<[AtomicU64]>,
     payloads: Box<[UnsafeCell<[u64; HEAP_SLOT_WORDS]>]>,
+    /// The payloads of Overwrite rings (a ring uses either these or `payloads`, never both).
+    words: Box<[[AtomicU64; HEAP_SLOT_WORDS]]>,
 }
 
 /// Payload words of a heap slot: 8 bytes are enough for the models.
@@ -174,6 +196,9 @@ impl HeapSlots {
             tags: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             payloads: (0..capacity)
                 .map(|_| UnsafeCell::new([0; HEAP_SLOT_WORDS]))
+                .collect(),
+            words: (0..capacity)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
         }
     }
@@ -219,6 +244,10 @@ unsafe impl SlotStorage for HeapSlots {
 
     fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
         self.payloads[index].with_mut(|p| f(p as *mut u8))
+    }
+
+    fn payload_words(&self, index: usize) -> &[AtomicU64] {
+        &self.words[index]
     }
 
     fn release_batch(&self) -> u64 {

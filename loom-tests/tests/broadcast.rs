@@ -1,0 +1,143 @@
+//! Loom models of the broadcast ring (`shmbus::ring::broadcast`) with more than one reader, with
+//! readers that join and leave while the writer runs, and under Overwrite: under Block every
+//! reader receives every message from where it joined, once, in order, with its bytes (loom's
+//! cells check every payload access for a race with the writer); under Overwrite a reader never
+//! returns a torn or stale message, and what it lost plus what it received is exactly what was
+//! published.
+#![cfg(shmbus_loom)]
+
+use loom::thread;
+use shmbus_loom_tests::{value_of, Mode, Ring};
+
+/// The smallest ring: every message after the second reuses a slot.
+const CAPACITY: usize = 2;
+
+/// Two readers attached from the start each receive every message of a writer that laps the
+/// ring: the writer waits for the slower one. The readers share nothing but the writer, so one
+/// thread drives both, in turns that loom chooses: the writer in the other thread sees their
+/// heads move in every order. (Three threads that all spin exceed loom's branch budget.)
+#[test]
+fn two_readers_each_receive_every_message() {
+    const MESSAGES: u64 = CAPACITY as u64 + 1;
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 2);
+        let mut a = ring.join(0, 0);
+        let mut b = ring.join(1, 0);
+        let mut tx = ring.writer(Mode::Block { history: 0 });
+        let readers = thread::spawn(move || {
+            let (mut next_a, mut next_b) = (0, 0);
+            while next_a < MESSAGES || next_b < MESSAGES {
+                let mut idle = true;
+                if next_a < MESSAGES {
+                    if let Some(message) = a.try_recv() {
+                        assert_eq!(message, (next_a, value_of(next_a)));
+                        next_a += 1;
+                        idle = false;
+                    }
+                }
+                if next_b < MESSAGES {
+                    if let Some(message) = b.try_recv() {
+                        assert_eq!(message, (next_b, value_of(next_b)));
+                        next_b += 1;
+                        idle = false;
+                    }
+                }
+                if idle {
+                    thread::yield_now();
+                }
+            }
+            assert_eq!(a.try_recv(), None);
+        });
+        for _ in 0..MESSAGES {
+            tx.send();
+        }
+        readers.join().unwrap();
+    });
+}
+
+/// A reader joins, asking for history, while the writer publishes with no reader attached
+/// (only its history holds it back). Wherever the join lands, the reader then receives a
+/// gap-free run of messages up to the last one, each with its bytes: the writer never rewrites
+/// a slot the joiner may read (loom's cells would report the race), and the joiner never skips
+/// one.
+#[test]
+fn a_reader_joining_a_running_writer_gets_an_unbroken_run() {
+    const MESSAGES: u64 = 3;
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 1);
+        let mut tx = ring.writer(Mode::Block { history: 1 });
+        let writer = thread::spawn(move || {
+            for _ in 0..MESSAGES {
+                tx.send();
+            }
+        });
+        let mut rx = ring.join(0, 1);
+        let start = rx.reader().next_seq();
+        assert!(start <= MESSAGES, "joined past the tail: {start}");
+        for seq in start..MESSAGES {
+            assert_eq!(rx.recv(), (seq, value_of(seq)));
+        }
+        writer.join().unwrap();
+        assert_eq!(rx.try_recv(), None);
+    });
+}
+
+/// A writer waits on a full ring for a reader that stops reading and leaves: it goes on once
+/// the reader is gone, and the reader's slots are never read after it left.
+#[test]
+fn a_leaving_reader_frees_a_waiting_writer() {
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 2);
+        let mut stays = ring.join(0, 0);
+        let leaves = ring.join(1, 0);
+        let mut tx = ring.writer(Mode::Block { history: 0 });
+        for _ in 0..CAPACITY {
+            tx.send();
+        }
+        let reader = thread::spawn(move || {
+            for seq in 0..=CAPACITY as u64 {
+                assert_eq!(stays.recv(), (seq, value_of(seq)));
+            }
+        });
+        let leaver = thread::spawn(move || leaves.leave());
+        // Full for `leaves` until it has left.
+        tx.send();
+        leaver.join().unwrap();
+        reader.join().unwrap();
+    });
+}
+
+/// Overwrite: the writer laps a reader that copies as it goes. Every message the reader
+/// returns is whole and in order, and at the end its losses plus what it received equal what
+/// was published, exactly.
+#[test]
+fn an_overwritten_reader_counts_exactly_what_it_lost() {
+    const MESSAGES: u64 = CAPACITY as u64 + 2;
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 1);
+        let mut rx = ring.join(0, 0);
+        let mut tx = ring.writer(Mode::Overwrite);
+        let writer = thread::spawn(move || {
+            for _ in 0..MESSAGES {
+                tx.overwrite();
+            }
+        });
+        let mut received = 0;
+        let mut last = None;
+        while rx.reader().next_seq() < MESSAGES {
+            match rx.try_copy() {
+                Some((seq, value)) => {
+                    assert_eq!(value, value_of(seq), "torn or stale copy of {seq}");
+                    assert!(last.is_none_or(|l| seq > l), "{seq} after {last:?}");
+                    last = Some(seq);
+                    received += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(rx.try_copy(), None);
+        assert_eq!(received + rx.reader().lost(), MESSAGES);
+        assert_eq!(last, Some(MESSAGES - 1), "the last message is never lost");
+    });
+}

@@ -1,0 +1,144 @@
+//! What is on a bus: its topics, their publishers and subscribers, how far behind each
+//! subscriber is and what it lost. Read from the segments themselves (no registry to fall out
+//! of step), with the same checks a subscriber runs; nothing is written.
+
+use super::subscriber::open_topic;
+use super::Bus;
+use crate::error::{BusError, OpenError};
+use crate::layout::{Policy, TypeFingerprint};
+use crate::segment::SHM_DIR;
+use crate::sync::Ordering;
+
+/// One topic, as [`Bus::topics`] and [`Bus::topic_info`] saw it: a snapshot, read without
+/// stopping anybody, so its counts may be a message apart from each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicInfo {
+    /// The topic's name (without the bus prefix).
+    pub topic: String,
+    /// What its messages are.
+    pub fingerprint: TypeFingerprint,
+    /// What its publisher does about slow subscribers.
+    pub policy: Policy,
+    /// Slots in its ring.
+    pub capacity: u64,
+    /// Largest message in bytes.
+    pub slot_size: u32,
+    /// Messages kept for late joiners.
+    pub history: u64,
+    /// Size of its subscriber table.
+    pub max_subscribers: u32,
+    /// Pid of its publisher; `None` once the publisher has closed the topic.
+    pub publisher: Option<u32>,
+    /// Messages published so far.
+    pub published: u64,
+    /// Its attached subscribers.
+    pub subscribers: Vec<SubscriberInfo>,
+}
+
+/// One subscriber of a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriberInfo {
+    /// Pid of its process.
+    pub pid: u32,
+    /// Its next message, as it last gave slots back (it gives them back in batches, so this
+    /// may trail what it has read by up to a batch).
+    pub next_seq: u64,
+    /// Messages published that it has not read (as of `next_seq`).
+    pub lag: u64,
+    /// Messages it lost (Overwrite).
+    pub lost: u64,
+}
+
+impl Bus {
+    /// Every topic under this bus's prefix, each described or refused with the reason a
+    /// subscriber would get (another format version, a corrupt header, another owner...). A
+    /// topic that disappears while being listed is left out.
+    ///
+    /// ```
+    /// # let bus = shmbus::Bus::builder().prefix("doctest-topics.").build()?;
+    /// let publisher = bus.publisher::<u64>("ticks").create()?;
+    /// let _subscriber = bus.subscriber::<u64>("ticks").open()?;
+    /// let topics = bus.topics()?;
+    /// let info = topics[0].as_ref().unwrap();
+    /// assert_eq!((info.topic.as_str(), info.subscribers.len()), ("ticks", 1));
+    /// assert_eq!(info.publisher, Some(std::process::id()));
+    /// # drop(publisher);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`BusError::List`] if the shared-memory directory cannot be read.
+    pub fn topics(&self) -> Result<Vec<Result<TopicInfo, OpenError>>, BusError> {
+        let list = |source| BusError::List {
+            dir: SHM_DIR.into(),
+            source,
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(SHM_DIR).map_err(list)? {
+            let entry = entry.map_err(list)?;
+            if let Some(topic) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&self.prefix))
+            {
+                names.push(topic.to_string());
+            }
+        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|topic| self.topic_info(&topic))
+            .filter(|r| !matches!(r, Err(OpenError::NotFound { .. })))
+            .collect())
+    }
+
+    /// One topic's description.
+    ///
+    /// # Errors
+    /// What [`SubscriberBuilder::open`](crate::SubscriberBuilder::open) would refuse, except
+    /// the type (any type is described) and a full subscriber table.
+    pub fn topic_info(&self, topic: &str) -> Result<TopicInfo, OpenError> {
+        let open = open_topic(self, topic)?;
+        let control = open.control();
+        // SAFETY: the validated geometry counts the table's entries inside the mapping, which
+        // `open` keeps mapped while the table is used.
+        let table = unsafe { control.table(open.shape.max_readers) };
+        let published = control.writer.tail();
+        let subscribers = table
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                let pid = e.owner();
+                let next_seq = e.head()?;
+                (pid != 0).then(|| SubscriberInfo {
+                    pid,
+                    next_seq,
+                    // A head ahead of the tail (a joiner's, read before the tail) lags by 0.
+                    lag: published.saturating_sub(next_seq),
+                    lost: e.lost(),
+                })
+            })
+            .collect();
+        let publisher = match control.peers.publisher.load(Ordering::Acquire) {
+            0 => None,
+            pid => Some(pid),
+        };
+        Ok(TopicInfo {
+            topic: topic.into(),
+            fingerprint: open
+                .header
+                .fingerprint()
+                .unwrap_or(TypeFingerprint::bytes()),
+            policy: open.shape.policy,
+            capacity: open.geometry.capacity,
+            slot_size: open.geometry.slot_size,
+            history: open.shape.history,
+            max_subscribers: open.shape.max_readers,
+            publisher,
+            published,
+            subscribers,
+        })
+    }
+}
