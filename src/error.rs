@@ -134,6 +134,14 @@ pub enum OpenError {
         /// The pids holding the entries.
         pids: Vec<u32>,
     },
+    /// Every publisher lane of the topic is taken (attaching a publisher).
+    #[error("topic {topic:?} already has its {max} publishers")]
+    TooManyPublishers {
+        /// The name.
+        topic: String,
+        /// Its number of lanes (the creator's `max_publishers`).
+        max: u32,
+    },
     /// Another failure of the segment layer (owner, mode, permissions, I/O).
     #[error(transparent)]
     Segment(SegmentError),

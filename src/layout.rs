@@ -30,6 +30,8 @@ pub const STATE_READY: u32 = u32::from_le_bytes(*b"REDY");
 pub const RING_BROADCAST: u32 = 2;
 /// Largest number of readers a topic's table may hold.
 pub const MAX_READERS: u32 = 1024;
+/// Largest number of publishers (lanes) a topic may have.
+pub const MAX_LANES: u32 = 64;
 /// Largest number of slots a ring may have.
 pub const MAX_CAPACITY: u64 = 1 << 24;
 /// Largest payload a slot may hold: 16 MiB.
@@ -193,6 +195,7 @@ pub(crate) struct SegmentHeader {
     policy: AtomicU32,
     max_readers: AtomicU32,
     history: AtomicU64,
+    lanes: AtomicU32,
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() <= HEADER_SIZE);
@@ -234,6 +237,8 @@ pub struct HeaderValues {
     pub max_readers: u32,
     /// Messages the writer keeps for readers that join late.
     pub history: u64,
+    /// Rings in the slot array, one per publisher.
+    pub lanes: u32,
     /// Raw payload kind.
     pub fp_kind: u32,
     /// Raw type size.
@@ -282,6 +287,7 @@ impl HeaderValues {
             policy: h.policy.load(Ordering::Relaxed),
             max_readers: h.max_readers.load(Ordering::Relaxed),
             history: h.history.load(Ordering::Relaxed),
+            lanes: h.lanes.load(Ordering::Relaxed),
             fp_kind: h.fp_kind.load(Ordering::Relaxed),
             fp_size: h.fp_size.load(Ordering::Relaxed),
             fp_align: h.fp_align.load(Ordering::Relaxed),
@@ -367,8 +373,10 @@ pub struct Geometry {
     pub control_offset: u64,
     /// Size of the control block.
     pub control_size: u32,
-    /// Offset of slot 0 from the segment's start.
+    /// Offset of slot 0 of lane 0 from the segment's start.
     pub slots_offset: u64,
+    /// Rings in the slot array, one after another: one per publisher.
+    pub lanes: u32,
     /// The whole segment's size.
     pub total_size: u64,
 }
@@ -386,6 +394,9 @@ pub enum ConfigError {
     /// The payload type's alignment is above [`MAX_ALIGN`].
     #[error("payload alignment {0} is above {MAX_ALIGN}")]
     Align(u64),
+    /// A topic has between 1 and [`MAX_LANES`] publishers.
+    #[error("{0} publishers is not between 1 and {MAX_LANES}")]
+    Lanes(u32),
     /// The reader table must have between 1 and [`MAX_READERS`] entries.
     #[error("{0} subscribers is not between 1 and {MAX_READERS}")]
     Readers(u32),
@@ -416,13 +427,14 @@ const fn align_up(x: u64, to: u64) -> Option<u64> {
 }
 
 impl Geometry {
-    /// The geometry of a new segment holding `capacity` slots of `slot_size` payload bytes each,
-    /// aligned to `align`, behind a control block of `control_size` bytes.
+    /// The geometry of a new segment holding `lanes` rings of `capacity` slots of `slot_size`
+    /// payload bytes each, aligned to `align`, behind a control block of `control_size` bytes.
     pub fn for_config(
         capacity: u64,
         slot_size: u64,
         align: u64,
         control_size: u32,
+        lanes: u32,
     ) -> Result<Self, ConfigError> {
         if !capacity.is_power_of_two() || !(2..=MAX_CAPACITY).contains(&capacity) {
             return Err(ConfigError::Capacity(capacity));
@@ -432,6 +444,9 @@ impl Geometry {
         }
         if !align.is_power_of_two() || align > MAX_ALIGN as u64 {
             return Err(ConfigError::Align(align));
+        }
+        if !(1..=MAX_LANES).contains(&lanes) {
+            return Err(ConfigError::Lanes(lanes));
         }
         let too_large = ConfigError::TooLarge {
             capacity,
@@ -459,6 +474,7 @@ impl Geometry {
             .expect("small values");
         let total_size = capacity
             .checked_mul(slot_stride)
+            .and_then(|s| s.checked_mul(lanes as u64))
             .and_then(|s| s.checked_add(slots_offset))
             .filter(|&t| t <= MAX_SEGMENT_SIZE)
             .ok_or(too_large)?;
@@ -470,8 +486,16 @@ impl Geometry {
             control_offset,
             control_size,
             slots_offset,
+            lanes,
             total_size,
         })
+    }
+
+    /// Offset of lane `lane`'s first slot from the segment's start (`lane < lanes`).
+    pub fn lane_offset(&self, lane: u32) -> u64 {
+        debug_assert!(lane < self.lanes);
+        // Cannot overflow: `validate` and `for_config` checked the whole array's end.
+        self.slots_offset + lane as u64 * self.capacity * self.slot_stride as u64
     }
 
     /// Check a header read from a segment of `mapped_len` bytes, expecting a control block of
@@ -549,9 +573,13 @@ impl Geometry {
         if h.slots_offset % SLOTS_ALIGN != 0 || h.slots_offset % h.payload_offset as u64 != 0 {
             return Err(Inconsistent("slot array is unaligned"));
         }
+        if !(1..=MAX_LANES).contains(&h.lanes) {
+            return Err(Inconsistent("publisher lanes out of range"));
+        }
         let slots_end = h
             .capacity
             .checked_mul(h.slot_stride as u64)
+            .and_then(|s| s.checked_mul(h.lanes as u64))
             .and_then(|s| s.checked_add(h.slots_offset));
         if slots_end.is_none_or(|end| end > mapped_len) || mapped_len > MAX_SEGMENT_SIZE {
             return Err(Inconsistent("slots extend past the end of the segment"));
@@ -564,6 +592,7 @@ impl Geometry {
             control_offset: h.control_offset,
             control_size,
             slots_offset: h.slots_offset,
+            lanes: h.lanes,
             total_size: mapped_len,
         })
     }
@@ -707,6 +736,7 @@ impl SegmentHeader {
         h.policy.store(shape.policy as u32, r);
         h.max_readers.store(shape.max_readers, r);
         h.history.store(shape.history, r);
+        h.lanes.store(geometry.lanes, r);
         h.fp_kind.store(fingerprint.kind as u32, r);
         h.fp_size.store(fingerprint.size, r);
         h.fp_align.store(fingerprint.align, r);
@@ -744,6 +774,7 @@ mod tests {
             policy: 1,
             max_readers: 4,
             history: 0,
+            lanes: g.lanes,
             fp_kind: 1,
             fp_size: fp.size,
             fp_align: fp.align,
@@ -755,7 +786,7 @@ mod tests {
     #[test]
     fn a_computed_geometry_validates() {
         for (cap, size, align) in [(2, 1, 1), (1024, 64, 8), (8, 65536, 16), (4, 3, 4096)] {
-            let g = Geometry::for_config(cap, size, align, 640).unwrap();
+            let g = Geometry::for_config(cap, size, align, 640, 1).unwrap();
             assert_eq!(
                 Geometry::validate(&header_for(&g), g.total_size, 640),
                 Ok(g)
@@ -769,7 +800,7 @@ mod tests {
     fn slots_never_share_or_needlessly_cross_a_cache_line() {
         for align in [1u64, 2, 4, 8, 16, 64, 128] {
             for size in 1..=300u64 {
-                let g = Geometry::for_config(64, size, align, 640).unwrap();
+                let g = Geometry::for_config(64, size, align, 640, 1).unwrap();
                 let (stride, used) = (g.slot_stride as u64, g.payload_offset as u64 + size);
                 assert_eq!(
                     stride % g.payload_offset as u64,
@@ -793,7 +824,7 @@ mod tests {
                 assert_eq!(g.slots_offset % CACHE_LINE, 0);
             }
         }
-        let g = Geometry::for_config(1024, 64, 8, 640).unwrap();
+        let g = Geometry::for_config(1024, 64, 8, 640, 1).unwrap();
         assert_eq!(
             g.slot_stride, 128,
             "a 64-byte message and its tag: two lines of its own"
@@ -802,7 +833,7 @@ mod tests {
 
     #[test]
     fn an_eight_byte_message_takes_sixteen_bytes() {
-        let g = Geometry::for_config(1024, 8, 8, 640).unwrap();
+        let g = Geometry::for_config(1024, 8, 8, 640, 1).unwrap();
         assert_eq!(g.slot_stride, 16);
         assert_eq!(g.payload_offset, 8);
     }
@@ -810,26 +841,26 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         assert_eq!(
-            Geometry::for_config(3, 8, 8, 0),
+            Geometry::for_config(3, 8, 8, 0, 1),
             Err(ConfigError::Capacity(3))
         );
         assert_eq!(
-            Geometry::for_config(1, 8, 8, 0),
+            Geometry::for_config(1, 8, 8, 0, 1),
             Err(ConfigError::Capacity(1))
         );
         assert_eq!(
-            Geometry::for_config(4, 0, 8, 0),
+            Geometry::for_config(4, 0, 8, 0, 1),
             Err(ConfigError::SlotSize(0))
         );
         assert!(matches!(
-            Geometry::for_config(MAX_CAPACITY, MAX_SLOT_SIZE as u64, 8, 0),
+            Geometry::for_config(MAX_CAPACITY, MAX_SLOT_SIZE as u64, 8, 0, 1),
             Err(ConfigError::TooLarge { .. })
         ));
     }
 
     #[test]
     fn each_inconsistency_is_refused() {
-        let g = Geometry::for_config(16, 64, 8, 640).unwrap();
+        let g = Geometry::for_config(16, 64, 8, 640, 1).unwrap();
         let ok = header_for(&g);
         let len = g.total_size;
         let check = |f: &dyn Fn(&mut HeaderValues), mapped: u64| {

@@ -33,6 +33,8 @@ fn child_entry() {
     };
     let code = match role.as_str() {
         "subscribe" => child_subscribe(),
+        "subscribe-lanes" => child_subscribe_lanes(),
+        "publish" => child_publish(),
         "describe" => child_describe(),
         other => panic!("unknown child role {other}"),
     };
@@ -103,6 +105,74 @@ fn child_subscribe() -> i32 {
     i32::from(errors != 0)
 }
 
+/// Attach to topic `topic` as one more publisher, say READY, wait for `subscribers`
+/// subscribers, send `count` messages (numbered in this publisher's lane), close.
+fn child_publish() -> i32 {
+    let bus = child_bus();
+    let mut publisher = bus
+        .publisher::<Msg>(&arg("topic"))
+        .wait(WaitStrategy::default())
+        .attach()
+        .expect("attach to the topic");
+    say("READY");
+    let subscribers = arg_u64("subscribers") as usize;
+    if !publisher.wait_for_subscribers(subscribers, CHILD_STALL) {
+        eprintln!("fewer than {subscribers} subscribers after {CHILD_STALL:?}");
+        return 1;
+    }
+    let count = arg_u64("count");
+    for seq in 0..count {
+        if publisher.send_timeout(message(seq), CHILD_STALL).is_err() {
+            eprintln!("no free slot for {CHILD_STALL:?} at message {seq}");
+            return 1;
+        }
+    }
+    say(&format!("RESULT sent={count}"));
+    0
+}
+
+/// Receive from every publisher of topic `topic` until the last closes, checking that each
+/// publisher's messages come in its order, none missing, none torn. Reports the count per
+/// lane.
+fn child_subscribe_lanes() -> i32 {
+    let bus = child_bus();
+    let mut subscriber = bus
+        .subscriber::<Msg>(&arg("topic"))
+        .wait(WaitStrategy::default())
+        .open_timeout(CHILD_STALL)
+        .expect("open the topic");
+    say("READY");
+    let mut next = [0u64; 8];
+    let mut errors = 0u64;
+    loop {
+        match subscriber.recv_timeout(CHILD_STALL) {
+            Ok(Some(sample)) => {
+                let lane = sample.lane();
+                if let Some(e) = check_message(next[lane], sample.seq(), &sample) {
+                    if errors < 10 {
+                        eprintln!("lane {lane}: {e}");
+                    }
+                    errors += 1;
+                }
+                next[lane] = sample.seq() + 1;
+            }
+            Ok(None) => {
+                eprintln!("no message for {CHILD_STALL:?}");
+                errors += 1;
+                break;
+            }
+            Err(RecvError::Disconnected) => break,
+            Err(e) => {
+                eprintln!("recv failed: {e}");
+                errors += 1;
+            }
+        }
+    }
+    let lanes: Vec<String> = next.iter().map(u64::to_string).collect();
+    say(&format!("RESULT lanes={} errors={errors}", lanes.join(",")));
+    i32::from(errors != 0)
+}
+
 /// Describe topic `topic` once its publisher has published `until` messages: its policy, its
 /// publisher and its subscribers.
 fn child_describe() -> i32 {
@@ -128,7 +198,7 @@ fn child_describe() -> i32 {
     say(&format!(
         "RESULT policy={} publisher={} published={} subscribers={} pids={} lagging={} listed={listed}",
         info.policy,
-        info.publisher.unwrap_or(0),
+        info.publishers.first().copied().unwrap_or(0),
         info.published,
         info.subscribers.len(),
         pids.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
@@ -356,4 +426,68 @@ fn discovery_from_a_third_process_shows_the_publisher_and_each_subscriber() {
     for child in subs {
         child.finish().assert_success();
     }
+}
+
+#[test]
+fn three_publisher_processes_reach_two_subscriber_processes_each_in_its_order() {
+    const EACH: u64 = 200_000;
+    let _one_at_a_time = lock(&HEAVY);
+    let prefix = common::unique_prefix("many-to-many");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    // This process creates the topic and leaves its own lane unused: it closes it once the
+    // three publishers have attached, and the topic lives on with them.
+    let creator = bus
+        .publisher::<Msg>("t")
+        .capacity(1024)
+        .max_publishers(4)
+        .create()
+        .unwrap();
+    let mut subs: Vec<_> = (0..2)
+        .map(|_| ChildProc::spawn("subscribe-lanes", &[("prefix", &prefix), ("topic", "t")]))
+        .collect();
+    for child in &mut subs {
+        child.wait_for_line("READY");
+    }
+    let each = EACH.to_string();
+    let mut pubs: Vec<_> = (0..3)
+        .map(|_| {
+            ChildProc::spawn(
+                "publish",
+                &[
+                    ("prefix", &prefix),
+                    ("topic", "t"),
+                    ("subscribers", "2"),
+                    ("count", &each),
+                ],
+            )
+        })
+        .collect();
+    for child in &mut pubs {
+        child.wait_for_line("READY");
+    }
+    assert_eq!(bus.topic_info("t").unwrap().publishers.len(), 4);
+    drop(creator);
+    for child in pubs {
+        let out = child.finish();
+        out.assert_success();
+        assert_eq!(out.num("sent"), EACH);
+    }
+    for child in subs {
+        let out = child.finish();
+        out.assert_success();
+        // Lane 0 (the creator's) carried nothing; each attached publisher took one of the
+        // others and every one of its messages arrived, in its order.
+        let r = out.result();
+        assert_eq!(
+            r["lanes"],
+            format!("0,{EACH},{EACH},{EACH},0,0,0,0"),
+            "{out:#?}"
+        );
+    }
+    // The last publisher out removed the topic's name.
+    assert!(matches!(
+        bus.topic_info("t"),
+        Err(shmbus::OpenError::NotFound { .. })
+    ));
 }

@@ -48,6 +48,7 @@ mod off {
     pub const POLICY: usize = 168; // u32
     pub const MAX_READERS: usize = 172; // u32
     pub const HISTORY: usize = 176; // u64
+    pub const LANES: usize = 184; // u32
     /// Within a slot (`SlotHeader` in `src/layout.rs`): the stamp at 0, the length at 4.
     pub const SLOT_LEN: usize = 4; // u32
 }
@@ -627,7 +628,7 @@ fn header_offsets_match_a_fresh_segment() {
     assert_eq!(get_u32(&map, off::FP_ALIGN), 8);
     // The geometry fields agree with what `Geometry::for_config` computes for this topic.
     let control_size = get_u32(&map, off::CONTROL_SIZE);
-    let g = shmbus::layout::Geometry::for_config(64, 8, 8, control_size).unwrap();
+    let g = shmbus::layout::Geometry::for_config(64, 8, 8, control_size, 1).unwrap();
     assert_eq!(get_u32(&map, off::SLOT_STRIDE), g.slot_stride);
     assert_eq!(get_u32(&map, off::PAYLOAD_OFFSET), g.payload_offset);
     assert_eq!(get_u64(&map, off::CONTROL_OFFSET), g.control_offset);
@@ -695,7 +696,7 @@ fn a_segment_not_marked_ready_is_not_ready() {
 fn inconsistent_headers_are_corrupt() {
     let f = fixture("inconsistent");
     type Corruption = (&'static str, fn(&mut [u8]));
-    let cases: [Corruption; 15] = [
+    let cases: [Corruption; 18] = [
         ("capacity not a power of two", |h| {
             put_u64(h, off::CAPACITY, 12)
         }),
@@ -732,6 +733,11 @@ fn inconsistent_headers_are_corrupt() {
             put_u32(h, off::MAX_READERS, u32::MAX)
         }),
         ("history of a whole ring", |h| put_u64(h, off::HISTORY, 16)),
+        ("no publisher lane", |h| put_u32(h, off::LANES, 0)),
+        ("more lanes than the segment holds", |h| {
+            put_u32(h, off::LANES, 2)
+        }),
+        ("lanes past the limit", |h| put_u32(h, off::LANES, u32::MAX)),
     ];
     for (i, (what, corrupt)) in cases.into_iter().enumerate() {
         let out = corrupted(&f, &format!("t{i}"), corrupt);

@@ -12,8 +12,8 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use shmbus::layout::{
     ConfigError, Geometry, HeaderValues, TypeFingerprint, CONTROL_ALIGN, FORMAT_VERSION,
-    HEADER_SIZE, MAGIC, MAX_ALIGN, MAX_CAPACITY, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, RING_BROADCAST,
-    SLOTS_ALIGN, SLOT_HEADER_SIZE, STATE_READY,
+    HEADER_SIZE, MAGIC, MAX_ALIGN, MAX_CAPACITY, MAX_LANES, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE,
+    RING_BROADCAST, SLOTS_ALIGN, SLOT_HEADER_SIZE, STATE_READY,
 };
 use shmbus_fuzz::{check_geometry, check_segment, header_bytes, SegmentBuf};
 
@@ -43,6 +43,8 @@ struct Shape {
     align: Number,
     /// Truncated to `u32`.
     control_size: Number,
+    /// Truncated to `u32`.
+    lanes: Number,
     /// Bytes of the header a peer overwrites: (offset, new value).
     edits: Vec<(u8, u8)>,
 }
@@ -57,7 +59,8 @@ fuzz_target!(|shape: Shape| {
         shape.align.value(),
     );
     let control_size = shape.control_size.value() as u32;
-    let result = Geometry::for_config(capacity, slot_size, align, control_size);
+    let lanes = shape.lanes.value() as u32;
+    let result = Geometry::for_config(capacity, slot_size, align, control_size, lanes);
 
     // The model: the first bad argument, in the order `for_config` checks them; then the
     // layout of `shmbus::layout`'s module comment, in arithmetic that cannot overflow.
@@ -67,6 +70,8 @@ fuzz_target!(|shape: Shape| {
         Err(ConfigError::SlotSize(slot_size))
     } else if !align.is_power_of_two() || align > MAX_ALIGN as u64 {
         Err(ConfigError::Align(align))
+    } else if !(1..=MAX_LANES).contains(&lanes) {
+        Err(ConfigError::Lanes(lanes))
     } else {
         let up = |x: u128, to: u128| x.div_ceil(to) * to;
         let payload_offset = align.max(SLOT_HEADER_SIZE.into()) as u128;
@@ -83,7 +88,7 @@ fuzz_target!(|shape: Shape| {
             control_offset + control_size as u128,
             SLOTS_ALIGN.max(align).into(),
         );
-        let total = slots_offset + capacity as u128 * stride;
+        let total = slots_offset + lanes as u128 * capacity as u128 * stride;
         if stride > u32::MAX.into() || total > MAX_SEGMENT_SIZE.into() {
             Err(ConfigError::TooLarge {
                 capacity,
@@ -106,7 +111,10 @@ fuzz_target!(|shape: Shape| {
     check_geometry(&g, g.total_size);
     // What `for_config` promises beyond `Geometry`'s invariants: the shape asked for, and
     // payloads aligned for the type in every slot.
-    assert_eq!((g.capacity, g.slot_size as u64), (capacity, slot_size));
+    assert_eq!(
+        (g.capacity, g.slot_size as u64, g.lanes),
+        (capacity, slot_size, lanes)
+    );
     assert_eq!(g.control_size, control_size);
     assert!(
         u64::from(g.payload_offset).is_multiple_of(align),
@@ -136,6 +144,7 @@ fuzz_target!(|shape: Shape| {
         policy: 2,
         max_readers: 3,
         history: 1,
+        lanes: g.lanes,
         fp_kind: fp.kind as u32,
         fp_size: fp.size,
         fp_align: fp.align,

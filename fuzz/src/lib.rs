@@ -8,7 +8,8 @@
 
 use shmbus::layout::{
     Geometry, HeaderValues, LayoutError, TopicShape, CONTROL_ALIGN, HEADER_SIZE, MAX_CAPACITY,
-    MAX_READERS, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, SLOTS_ALIGN, SLOT_HEADER_SIZE, TYPE_NAME_LEN,
+    MAX_LANES, MAX_READERS, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, SLOTS_ALIGN, SLOT_HEADER_SIZE,
+    TYPE_NAME_LEN,
 };
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -85,7 +86,8 @@ pub fn header_bytes(h: &HeaderValues) -> [u8; HEADER_SIZE] {
     put(168, &h.policy.to_ne_bytes());
     put(172, &h.max_readers.to_ne_bytes());
     put(176, &h.history.to_ne_bytes());
-    const _: () = assert!(184 <= HEADER_SIZE);
+    put(184, &h.lanes.to_ne_bytes());
+    const _: () = assert!(188 <= HEADER_SIZE);
     out
 }
 
@@ -138,10 +140,16 @@ pub fn check_geometry(g: &Geometry, mapped_len: u64) {
         "slot array unaligned"
     );
     assert!(
+        (1..=MAX_LANES).contains(&g.lanes),
+        "lanes {} out of range",
+        g.lanes
+    );
+    assert!(
         g.slots_offset.is_multiple_of(g.payload_offset.into()),
         "slot array not aligned to the payload offset"
     );
-    let slots_end = wide(g.slots_offset) + wide(g.capacity) * wide(g.slot_stride.into());
+    let slots_end =
+        wide(g.slots_offset) + wide(g.lanes.into()) * wide(g.capacity) * wide(g.slot_stride.into());
     assert!(
         slots_end <= wide(g.total_size),
         "slots end at {slots_end}, past the segment's {} bytes",
@@ -214,7 +222,8 @@ impl SegmentBuf {
             touch(g.control_offset + g.control_size as u64 - 1);
         }
         let stride = g.slot_stride as u64;
-        for slot in [0, g.capacity - 1] {
+        // The first slot, and the last of the last lane.
+        for slot in [0, g.capacity * g.lanes as u64 - 1] {
             let start = g.slots_offset + slot * stride;
             touch(start);
             touch(start + g.payload_offset as u64 + g.slot_size as u64 - 1);

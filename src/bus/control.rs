@@ -1,42 +1,77 @@
-//! The control block of a topic's segment: the writer's words, the two wait cells, who
-//! publishes, and the table of subscribers. It follows the header (see `crate::layout`); all zero is its initial state, so a
-//! freshly truncated segment needs no initialisation beyond the header.
+//! The control block of a topic's segment: the two wait cells, how many publishers are
+//! attached, and one lane per publisher: its writer's words, its owner and its table of
+//! subscribers. It follows the header (see `crate::layout`); all zero is its initial state, so
+//! a freshly truncated segment needs no initialisation beyond the header.
+//!
+//! ```text
+//! | TopicControl | lane 0: LaneControl, entries 0..max_readers | lane 1: ... | ...
+//! ```
+//!
+//! Subscriber `i` holds entry `i` of every lane (taken in lane 0's table, mirrored in the
+//! others), so that each publisher sees every subscriber's position in its own ring.
 
 use crate::ring::broadcast::{ReaderEntry, Table, WriterWords};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, Ordering};
 use crate::wait::WaitCell;
 use crossbeam_utils::CachePadded;
 
-/// As it lies in shared memory, followed by the reader table (`max_readers` entries of
-/// [`ReaderSlot`]). Its size, with the table's, is recorded in the header and checked on open.
+/// As it lies in shared memory, followed by the lanes. Its size, with the lanes', is recorded
+/// in the header and checked on open.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct TopicControl {
-    pub(crate) writer: CachePadded<WriterWords>,
-    /// Readers sleep here for messages; the publisher notifies after each commit.
+    /// Readers sleep here for messages; a publisher notifies after each commit.
     pub(crate) data: CachePadded<WaitCell>,
-    /// The publisher sleeps here for space; a subscriber notifies after each release.
+    /// Publishers sleep here for space; a subscriber notifies after each release.
     pub(crate) space: CachePadded<WaitCell>,
     pub(crate) peers: CachePadded<Peers>,
 }
 
-/// One entry of the reader table, as it lies in shared memory.
+/// The head of one publisher's lane, followed by its reader table.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct LaneControl {
+    pub(crate) writer: CachePadded<WriterWords>,
+    /// Pid of the lane's publisher; 0 while the lane is free (never used, or closed).
+    pub(crate) owner: CachePadded<AtomicU32>,
+}
+
+/// One entry of a reader table, as it lies in shared memory.
 pub(crate) type ReaderSlot = CachePadded<ReaderEntry>;
 
-/// Bytes of a control block with a table of `max_readers` entries.
-pub(crate) fn control_size(max_readers: u32) -> u32 {
-    (size_of::<TopicControl>() + max_readers as usize * size_of::<ReaderSlot>()) as u32
+fn lane_size(max_readers: u32) -> usize {
+    size_of::<LaneControl>() + max_readers as usize * size_of::<ReaderSlot>()
+}
+
+/// Bytes of a control block with `lanes` lanes of `max_readers` entries each.
+pub(crate) fn control_size(max_readers: u32, lanes: u32) -> u32 {
+    (size_of::<TopicControl>() + lanes as usize * lane_size(max_readers)) as u32
 }
 
 impl TopicControl {
-    /// The reader table behind the control block.
+    /// Lane `lane`.
     ///
     /// # Safety
-    /// `self` must lie in a mapping that holds `control_size(max_readers)` bytes from its
-    /// start, for as long as the table is used.
+    /// `self` must lie in a mapping that holds `control_size(max_readers, lanes)` bytes from its
+    /// start, with `lane < lanes`, for as long as the lane is used.
+    pub(crate) unsafe fn lane(&self, lane: u32, max_readers: u32) -> &LaneControl {
+        // SAFETY: the caller's contract: the lanes follow the control block in the mapping;
+        // every size involved is a multiple of the lanes' alignment (all `CachePadded`).
+        unsafe {
+            &*((self as *const Self).add(1) as *const u8)
+                .add(lane as usize * lane_size(max_readers))
+                .cast::<LaneControl>()
+        }
+    }
+}
+
+impl LaneControl {
+    /// The lane's reader table.
+    ///
+    /// # Safety
+    /// As for [`TopicControl::lane`], which returned `self`.
     pub(crate) unsafe fn table(&self, max_readers: u32) -> Table {
-        // SAFETY: the caller's contract: the entries follow the control block in the mapping;
-        // `TopicControl`'s size is a multiple of the entries' alignment (both `CachePadded`).
+        // SAFETY: the caller's contract: the entries follow the lane's head in the mapping.
         unsafe {
             Table::new(
                 (self as *const Self).add(1) as *const ReaderSlot,
@@ -50,10 +85,29 @@ impl TopicControl {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
-    /// Pid of the publisher; 0 once it has closed the topic. Stored with Release after its last
-    /// commit, so a subscriber that loads 0 (Acquire) and then finds the ring empty has seen
-    /// every message.
-    pub(crate) publisher: AtomicU32,
+    /// Publishers attached. The creator makes it 1; each publisher that attaches adds one
+    /// (never from 0: a topic whose last publisher left is closed for good) and takes it back
+    /// when it closes, with Release after its last commit, so that a subscriber that loads 0
+    /// (Acquire) and then finds every lane drained has seen every message.
+    pub(crate) publishers: AtomicU32,
+}
+
+impl Peers {
+    /// Count one more publisher, unless the topic is closed. Returns whether it was counted.
+    pub(crate) fn join(&self) -> bool {
+        self.publishers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n != 0).then(|| n.saturating_add(1))
+            })
+            .is_ok()
+    }
+
+    /// Count one publisher less. Returns whether it was the last.
+    pub(crate) fn leave(&self) -> bool {
+        self.publishers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            == Ok(1)
+    }
 }
 
 /// Take a free entry of `table` for `pid`, or one whose holder is dead (a pid check;

@@ -28,9 +28,11 @@ pub struct TopicInfo {
     pub history: u64,
     /// Size of its subscriber table.
     pub max_subscribers: u32,
-    /// Pid of its publisher; `None` once the publisher has closed the topic.
-    pub publisher: Option<u32>,
-    /// Messages published so far.
+    /// Size of its publisher table (lanes).
+    pub max_publishers: u32,
+    /// Pids of its publishers, one per lane in use; empty once the last has closed the topic.
+    pub publishers: Vec<u32>,
+    /// Messages published so far, by all its publishers.
     pub published: u64,
     /// Its attached subscribers.
     pub subscribers: Vec<SubscriberInfo>,
@@ -42,10 +44,11 @@ pub struct TopicInfo {
 pub struct SubscriberInfo {
     /// Pid of its process.
     pub pid: u32,
-    /// Its next message, as it last gave slots back (it gives them back in batches, so this
-    /// may trail what it has read by up to a batch).
+    /// Its next message from the first publisher (lane 0), as it last gave slots back (it
+    /// gives them back in batches, so this may trail what it has read by up to a batch).
     pub next_seq: u64,
-    /// Messages published that it has not read (as of `next_seq`).
+    /// Messages published that it has not read, over all publishers (as of the positions it
+    /// last gave back).
     pub lag: u64,
     /// Messages it lost (Overwrite).
     pub lost: u64,
@@ -63,7 +66,7 @@ impl Bus {
     /// let topics = bus.topics()?;
     /// let info = topics[0].as_ref().unwrap();
     /// assert_eq!((info.topic.as_str(), info.subscribers.len()), ("ticks", 1));
-    /// assert_eq!(info.publisher, Some(std::process::id()));
+    /// assert_eq!(info.publishers, [std::process::id()]);
     /// # drop(publisher);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -102,29 +105,42 @@ impl Bus {
     pub fn topic_info(&self, topic: &str) -> Result<TopicInfo, OpenError> {
         let open = open_topic(self, topic)?;
         let control = open.control();
-        // SAFETY: the validated geometry counts the table's entries inside the mapping, which
-        // `open` keeps mapped while the table is used.
-        let table = unsafe { control.table(open.shape.max_readers) };
-        let published = control.writer.tail();
-        let subscribers = table
-            .entries()
-            .iter()
-            .filter_map(|e| {
-                let pid = e.owner();
-                let next_seq = e.head()?;
-                (pid != 0).then(|| SubscriberInfo {
+        let (max_readers, lanes) = (open.shape.max_readers, open.geometry.lanes);
+        let lane = |k| {
+            // SAFETY: `k < lanes`, counted in the validated control size; `open` keeps the
+            // mapping while the lanes are read.
+            unsafe { control.lane(k, max_readers) }
+        };
+        // SAFETY: as above.
+        let tables: Vec<_> = (0..lanes)
+            .map(|k| unsafe { lane(k).table(max_readers) })
+            .collect();
+        let tails: Vec<u64> = (0..lanes).map(|k| lane(k).writer.tail()).collect();
+        let published = tails.iter().sum();
+        let subscribers = (0..max_readers as usize)
+            .filter_map(|i| {
+                let first = &tables[0].entries()[i];
+                let pid = first.owner();
+                let next_seq = first.head()?;
+                let (mut lag, mut lost) = (0, 0);
+                for (table, &tail) in tables.iter().zip(&tails) {
+                    let e = &table.entries()[i];
+                    // A head ahead of the tail (a joiner's, read before the tail) lags by 0.
+                    lag += e.head().map_or(0, |h| tail.saturating_sub(h));
+                    lost += e.lost();
+                }
+                (pid != 0).then_some(SubscriberInfo {
                     pid,
                     next_seq,
-                    // A head ahead of the tail (a joiner's, read before the tail) lags by 0.
-                    lag: published.saturating_sub(next_seq),
-                    lost: e.lost(),
+                    lag,
+                    lost,
                 })
             })
             .collect();
-        let publisher = match control.peers.publisher.load(Ordering::Acquire) {
-            0 => None,
-            pid => Some(pid),
-        };
+        let publishers = (0..lanes)
+            .map(|k| lane(k).owner.load(Ordering::Acquire))
+            .filter(|&pid| pid != 0)
+            .collect();
         Ok(TopicInfo {
             topic: topic.into(),
             fingerprint: open
@@ -136,7 +152,8 @@ impl Bus {
             slot_size: open.geometry.slot_size,
             history: open.shape.history,
             max_subscribers: open.shape.max_readers,
-            publisher,
+            max_publishers: lanes,
+            publishers,
             published,
             subscribers,
         })

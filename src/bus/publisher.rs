@@ -1,8 +1,11 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
 use super::control::{control_size, TopicControl};
+use super::subscriber::open_topic;
 use super::{payload::Payload, Bus};
-use crate::error::{CreateError, LoanError, SendTimeoutError, TryLoanError, TrySendError};
+use crate::error::{
+    CreateError, LoanError, OpenError, SendTimeoutError, TryLoanError, TrySendError,
+};
 use crate::layout::{Geometry, Policy, SegmentHeader, TopicShape};
 use crate::ring::broadcast::Writer;
 use crate::ring::MappedSlots;
@@ -23,6 +26,7 @@ pub struct PublisherBuilder<'b, T: ?Sized> {
     slot_size: Option<u64>,
     policy: Policy,
     max_subscribers: u32,
+    max_publishers: u32,
     history: u64,
     wait: WaitStrategy,
     type_name: Option<String>,
@@ -38,6 +42,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             slot_size: None,
             policy: Policy::Block,
             max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
+            max_publishers: 1,
             history: 0,
             wait: WaitStrategy::default(),
             type_name: None,
@@ -65,6 +70,14 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     /// 128 bytes an entry.
     pub fn max_subscribers(mut self, n: u32) -> Self {
         self.max_subscribers = n;
+        self
+    }
+
+    /// How many publishers the topic admits at once (1 by default, up to
+    /// [`MAX_LANES`](crate::layout::MAX_LANES)): each has a ring of its own (`capacity` slots),
+    /// and the others join with [`PublisherBuilder::attach`].
+    pub fn max_publishers(mut self, n: u32) -> Self {
+        self.max_publishers = n;
         self
     }
 
@@ -120,7 +133,11 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             self.capacity,
             slot_size,
             T::align() as u64,
-            control_size(self.max_subscribers.min(crate::layout::MAX_READERS)),
+            control_size(
+                self.max_subscribers.min(crate::layout::MAX_READERS),
+                self.max_publishers.clamp(1, crate::layout::MAX_LANES),
+            ),
+            self.max_publishers,
         )?;
         let shape = TopicShape::new(
             self.policy,
@@ -147,41 +164,115 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         // it, 128-aligned from a page-aligned base; zeroed memory is its initial state.
         let control =
             unsafe { &*(base.add(geometry.control_offset as usize) as *const TopicControl) };
-        control.peers.publisher.store(pid, Ordering::Relaxed);
+        control.peers.publishers.store(1, Ordering::Relaxed);
+        // SAFETY: lane 0 of `shape.max_readers` entries, counted in the control size.
+        unsafe { control.lane(0, shape.max_readers) }
+            .owner
+            .store(pid, Ordering::Relaxed);
         // SAFETY: the segment is new (O_EXCL), mapped, page-aligned and larger than a header;
         // nobody can see it as ready before this call marks it so.
         unsafe { SegmentHeader::publish(base, &geometry, &shape, &fingerprint, pid) };
-        // SAFETY: the slot array lies at `slots_offset` in the mapping per `geometry`, and the
-        // mapping lives in `Publisher::segment`, which outlives the producer (field order).
-        let slots = unsafe {
-            MappedSlots::new(
-                segment.base().add(geometry.slots_offset as usize),
-                &geometry,
-            )
+        Ok(self.start(segment, geometry, shape, 0))
+    }
+
+    /// Join the existing topic as one more publisher, in a lane of its own: subscribers
+    /// receive every publisher's messages, each publisher's in its order (lanes take turns, so
+    /// there is no order between publishers). The topic must have been created with room for
+    /// it ([`PublisherBuilder::max_publishers`]); its capacity, policy and history are the
+    /// creator's (what this builder says of them is ignored). The topic's name is removed when
+    /// its last publisher is dropped.
+    ///
+    /// ```
+    /// # let bus = shmbus::Bus::builder().prefix("doctest-attach.").build()?;
+    /// let mut first = bus.publisher::<u64>("orders").max_publishers(2).create()?;
+    /// let mut second = bus.publisher::<u64>("orders").attach()?;
+    /// let mut subscriber = bus.subscriber::<u64>("orders").open()?;
+    /// first.send(1)?;
+    /// second.send(2)?;
+    /// let mut got = vec![];
+    /// while let Some(sample) = subscriber.try_recv()? {
+    ///     got.push((sample.lane(), *sample));
+    /// }
+    /// got.sort();
+    /// assert_eq!(got, [(0, 1), (1, 2)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What [`SubscriberBuilder::open`](crate::SubscriberBuilder::open) refuses (a topic not
+    /// found, or closed by its last publisher, another type, a bad segment), and
+    /// [`OpenError::TooManyPublishers`] when every lane is taken.
+    pub fn attach(self) -> Result<Publisher<T>, OpenError> {
+        let open = open_topic(self.bus, &self.topic)?;
+        open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
+        let (geometry, shape) = (open.geometry, open.shape);
+        let control = open.control();
+        if !control.peers.join() {
+            // Its last publisher has left: the name is on its way out.
+            return Err(OpenError::NotFound { topic: self.topic });
+        }
+        let pid = std::process::id();
+        let lane = (0..geometry.lanes).find(|&k| {
+            // SAFETY: `k < lanes`, counted in the validated control size.
+            let owner = &unsafe { control.lane(k, shape.max_readers) }.owner;
+            owner
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        });
+        let Some(lane) = lane else {
+            control.peers.leave();
+            return Err(OpenError::TooManyPublishers {
+                topic: self.topic,
+                max: geometry.lanes,
+            });
         };
-        // SAFETY: the table follows the control block in the mapping (`control_size` counted
-        // it), which `Publisher::segment` keeps mapped.
-        let table = unsafe { control.table(shape.max_readers) };
+        Ok(self.start(open.segment, geometry, shape, lane))
+    }
+
+    /// The publisher of lane `lane` (taken for this process) of a validated segment.
+    fn start(
+        self,
+        segment: Segment,
+        geometry: Geometry,
+        shape: TopicShape,
+        lane: u32,
+    ) -> Publisher<T> {
+        let base = segment.base();
+        // SAFETY: `geometry` is validated for (or computed for) this mapping: the control
+        // block lies in it, 128-aligned; `Publisher::segment` keeps it mapped.
+        let control = unsafe {
+            &*(base.as_ptr().add(geometry.control_offset as usize) as *const TopicControl)
+        };
+        // SAFETY: `lane < lanes`, counted in the control size.
+        let lane_control = unsafe { control.lane(lane, shape.max_readers) };
+        // SAFETY: the lane's slots lie in the mapping per `geometry`, and the mapping lives in
+        // `Publisher::segment`, which outlives the writer (field order).
+        let slots =
+            unsafe { MappedSlots::new(base.add(geometry.lane_offset(lane) as usize), &geometry) };
+        // SAFETY: as above, for the lane's table.
+        let table = unsafe { lane_control.table(shape.max_readers) };
         // SAFETY: the writer's words and the table are in the mapping (as above); this is the
-        // topic's only writer: it just created the segment with O_EXCL. History < capacity.
+        // lane's only writer (it created the topic, or took the lane from 0 with a CAS).
+        // History < capacity (a validated shape).
         let writer = unsafe {
             Writer::new(
-                &*control.writer,
+                &*lane_control.writer,
                 table,
                 slots,
                 shape.history,
                 shape.policy == Policy::Overwrite,
             )
         };
-        let may_wait = self.policy == Policy::Block && self.wait.may_sleep();
+        let may_wait = shape.policy == Policy::Block && self.wait.may_sleep();
         let barrier_ok = may_wait && wait::announce_sleeper(&control.space);
-        let staging = (self.policy == Policy::Overwrite)
+        let staging = (shape.policy == Policy::Overwrite)
             .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
-        Ok(Publisher {
+        Publisher {
             inner: Inner {
                 writer,
                 control,
-                policy: self.policy,
+                lane: &*lane_control.owner,
+                policy: shape.policy,
                 wait: self.wait,
                 barrier_ok,
                 staging,
@@ -190,7 +281,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             topic: self.topic,
             segment,
             _type: PhantomData,
-        })
+        }
     }
 }
 
@@ -203,6 +294,8 @@ struct Inner {
     writer: Writer<MappedSlots>,
     /// Points into `Publisher::segment`'s mapping, which outlives it.
     control: *const TopicControl,
+    /// The owner word of this publisher's lane (in the mapping too).
+    lane: *const crate::sync::AtomicU32,
     policy: Policy,
     wait: WaitStrategy,
     barrier_ok: bool,
@@ -542,11 +635,17 @@ impl<T: ?Sized> Drop for Publisher<T> {
         if self.inner.policy == Policy::Block && self.inner.wait.may_sleep() {
             control.space.lower_may_sleep();
         }
-        // Release: pairs with the subscriber's Acquire load in `poll`: every message committed
-        // before this store is visible to a subscriber that sees the topic closed.
-        control.peers.publisher.store(0, Ordering::Release);
+        // SAFETY: the lane's owner word is in the mapping, still mapped (`segment` is dropped
+        // after this).
+        unsafe { &*self.inner.lane }.store(0, Ordering::Release);
+        // Release (inside `leave`): pairs with the subscriber's Acquire load in `poll_empty`:
+        // every message committed before it is visible to a subscriber that sees the topic
+        // closed.
+        let last = control.peers.leave();
         control.data.notify(&Futex);
-        let _ = segment::unlink(self.segment.name());
+        if last {
+            let _ = segment::unlink(self.segment.name());
+        }
     }
 }
 

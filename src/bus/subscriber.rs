@@ -5,7 +5,7 @@ use super::publisher::AlignedWords;
 use super::{payload::Payload, Bus};
 use crate::error::{OpenError, RecvError};
 use crate::layout::{
-    Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_READERS,
+    Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_LANES, MAX_READERS,
     MAX_SEGMENT_SIZE,
 };
 use crate::ring::broadcast::{Peek, Reader, Ready};
@@ -92,72 +92,49 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     /// [`OpenError::TooManySubscribers`], [`OpenError::InvalidName`], and [`OpenError::Segment`] for an owner,
     /// a mode or a system error.
     pub fn open(&self) -> Result<Subscriber<T>, OpenError> {
-        let topic = || self.topic.clone();
-        let OpenTopic {
-            segment,
-            header,
-            geometry,
-            shape,
-        } = open_topic(self.bus, &self.topic)?;
-        let expected = T::fingerprint(self.type_name.as_deref());
-        let found = header.fingerprint();
-        if found != Some(expected) {
-            return Err(OpenError::IncompatibleType {
-                topic: topic(),
-                expected: Box::new(expected),
-                found: Box::new(found.unwrap_or(expected_unknown())),
-            });
-        }
-        // The fingerprint matched, but a hostile header could still pair it with a geometry
-        // that misaligns or undersizes `T`: check what in-place references rely on.
-        if let Some(size) = T::fixed_size() {
-            let align = T::align() as u32;
-            if geometry.slot_size as usize != size
-                || geometry.payload_offset % align != 0
-                || geometry.slot_stride % align != 0
-                || geometry.slots_offset % align as u64 != 0
-            {
-                return Err(OpenError::Corrupt {
-                    topic: topic(),
-                    reason: LayoutError::Inconsistent("slot geometry does not fit the type"),
-                });
-            }
-        }
-        let base = segment.base();
-        // SAFETY: `geometry` was validated against this mapping: the control block lies inside
-        // it, 128-aligned; any bytes are valid for its atomics.
-        let control = unsafe {
-            &*(base.as_ptr().add(geometry.control_offset as usize) as *const TopicControl)
+        let open = open_topic(self.bus, &self.topic)?;
+        open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
+        let (shape, lanes) = (open.shape, open.geometry.lanes);
+        let control = open.control() as *const TopicControl;
+        // SAFETY: the control block lives in `open.segment`, which the subscriber keeps (as
+        // `_segment`, dropped last); the raw pointer frees `open` to move.
+        let control = unsafe { &*control };
+        let lane = |k| {
+            // SAFETY: `k < lanes`; the validated control size counts every lane.
+            unsafe { control.lane(k, shape.max_readers) }
         };
-        // SAFETY: the validated control size counts `shape.max_readers` entries after the
-        // control block, inside the mapping, which `Subscriber::segment` keeps mapped.
-        let table = unsafe { control.table(shape.max_readers) };
+        // SAFETY: as above, for lane 0's table.
+        let table = unsafe { lane(0).table(shape.max_readers) };
         let me = std::process::id();
         let index = claim_entry(&table, me).map_err(|pids| OpenError::TooManySubscribers {
-            topic: topic(),
+            topic: self.topic.clone(),
             max: shape.max_readers,
             pids,
         })?;
-        // SAFETY: validated geometry (slots inside the mapping, aligned); the mapping lives in
-        // `Subscriber::segment`, dropped after the reader (field order).
-        let slots =
-            unsafe { MappedSlots::new(base.add(geometry.slots_offset as usize), &geometry) };
-        // SAFETY: the writer's words and the entry are in the mapping (as above); the entry is
-        // ours (claimed above).
-        let reader = unsafe {
-            Reader::join(
-                &*control.writer,
-                &*table.entries()[index],
-                slots,
-                self.history,
-            )
+        let join = |k: u32| {
+            let lane = lane(k);
+            // SAFETY: as above.
+            let table = unsafe { lane.table(shape.max_readers) };
+            let entry = &*table.entries()[index];
+            if k != 0 {
+                entry.set_owner(me);
+            }
+            // SAFETY: the lane's words, its entry `index` and its slots are in the mapping,
+            // which the subscriber keeps; entry `index` is ours in every lane (taken in lane 0's
+            // table, whose holder owns the index in all of them).
+            unsafe { Reader::join(&*lane.writer, entry, open.slots(k), self.history) }
         };
+        let reader = join(0);
+        let more: Box<[_]> = (1..lanes).map(join).collect();
         let first_seq = reader.next_seq();
         let copy = (shape.policy == Policy::Overwrite)
-            .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
+            .then(|| AlignedWords::new(open.geometry.slot_size as usize, T::align()));
         let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
         Ok(Subscriber {
             reader,
+            more,
+            lane: 0,
+            turn: 0,
             copy,
             policy: shape.policy,
             control,
@@ -168,7 +145,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             barrier_ok,
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),
-            _segment: segment,
+            _segment: open.segment,
             _type: PhantomData,
         })
     }
@@ -202,6 +179,54 @@ pub(crate) struct OpenTopic {
 }
 
 impl OpenTopic {
+    /// Refuse a topic whose messages are not `T`s (under `type_name`, if given).
+    pub(crate) fn check_type<T: ?Sized + Payload>(
+        &self,
+        type_name: Option<&str>,
+        topic: &str,
+    ) -> Result<(), OpenError> {
+        let expected = T::fingerprint(type_name);
+        let found = self.header.fingerprint();
+        if found != Some(expected) {
+            return Err(OpenError::IncompatibleType {
+                topic: topic.into(),
+                expected: Box::new(expected),
+                found: Box::new(found.unwrap_or(expected_unknown())),
+            });
+        }
+        // The fingerprint matched, but a hostile header could still pair it with a geometry
+        // that misaligns or undersizes `T`: check what in-place references rely on.
+        let g = &self.geometry;
+        if let Some(size) = T::fixed_size() {
+            let align = T::align() as u32;
+            if g.slot_size as usize != size
+                || g.payload_offset % align != 0
+                || g.slot_stride % align != 0
+                || g.slots_offset % align as u64 != 0
+            {
+                return Err(OpenError::Corrupt {
+                    topic: topic.into(),
+                    reason: LayoutError::Inconsistent("slot geometry does not fit the type"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The slots of lane `lane` (`< geometry.lanes`), valid while `segment` stays mapped.
+    pub(crate) fn slots(&self, lane: u32) -> MappedSlots {
+        // SAFETY: the validated geometry puts every lane's slots inside the mapping, each
+        // lane's start aligned like slot 0 (a whole number of strides from it).
+        unsafe {
+            MappedSlots::new(
+                self.segment
+                    .base()
+                    .add(self.geometry.lane_offset(lane) as usize),
+                &self.geometry,
+            )
+        }
+    }
+
     /// The control block.
     pub(crate) fn control(&self) -> &TopicControl {
         // SAFETY: `geometry` was validated against this mapping: the control block lies inside
@@ -242,9 +267,12 @@ pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError>
     }
     // SAFETY: the mapping is page-aligned and at least HEADER_SIZE bytes long.
     let header = unsafe { HeaderValues::read(segment.base().as_ptr()) };
-    // The table's size comes from the header: clamped here, so that the size is computed
-    // safely; a wrong one then fails the control size check.
-    let control_size = control_size(header.max_readers.min(MAX_READERS));
+    // The table's size and the lanes come from the header: clamped here, so that the size is
+    // computed safely; a wrong one then fails the control size check.
+    let control_size = control_size(
+        header.max_readers.min(MAX_READERS),
+        header.lanes.clamp(1, MAX_LANES),
+    );
     let corrupt = |reason| OpenError::Corrupt {
         topic: topic(),
         reason,
@@ -286,7 +314,14 @@ fn expected_unknown() -> crate::layout::TypeFingerprint {
 /// until dropped, so one thread at a time reads.
 #[derive(Debug)]
 pub struct Subscriber<T: ?Sized> {
+    /// The reader of lane 0 (the only lane of a topic with one publisher).
     reader: Reader<MappedSlots>,
+    /// The readers of lanes 1.. (other publishers), empty for a topic with one publisher.
+    more: Box<[Reader<MappedSlots>]>,
+    /// The lane of the message last handed out.
+    lane: usize,
+    /// The lane to look at first, next time (round robin, so that no publisher starves).
+    turn: usize,
     /// Overwrite: where each message is copied (and validated) before it is handed out.
     copy: Option<AlignedWords>,
     policy: Policy,
@@ -329,22 +364,39 @@ impl<T: ?Sized> Subscriber<T> {
         self.slips
     }
 
-    /// Sequence number of the next message to receive: where this subscriber joined, plus
-    /// the messages it has received and lost since.
+    /// Sequence number of the next message to receive from the topic's first publisher:
+    /// where this subscriber joined, plus the messages it has received and lost since. (Each
+    /// publisher numbers its own messages; see [`Sample::lane`].)
     pub fn next_seq(&self) -> u64 {
         self.reader.next_seq()
     }
 
-    /// Messages this subscriber lost because the publisher overwrote them before it read them
+    /// Messages this subscriber lost because a publisher overwrote them before it read them
     /// ([`Policy::Overwrite`] only; always 0 otherwise). Exact: with what it received, they
     /// account for every message published since it joined.
     pub fn lost(&self) -> u64 {
-        self.reader.lost()
+        self.reader.lost() + self.more.iter().map(Reader::lost).sum::<u64>()
     }
 
     /// The topic's policy.
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    #[inline(always)]
+    fn lane_reader(&self, lane: usize) -> &Reader<MappedSlots> {
+        match lane {
+            0 => &self.reader,
+            _ => &self.more[lane - 1],
+        }
+    }
+
+    #[inline(always)]
+    fn lane_reader_mut(&mut self, lane: usize) -> &mut Reader<MappedSlots> {
+        match lane {
+            0 => &mut self.reader,
+            _ => &mut self.more[lane - 1],
+        }
     }
 
     /// The next message if it is ready and well formed: the whole fast path of every receive,
@@ -353,10 +405,12 @@ impl<T: ?Sized> Subscriber<T> {
     /// read back as 16-byte loads, a failed store-to-load forwarding per message: it held a
     /// streaming subscriber at ~100 M 8-byte messages/s where this path reaches ~380 M
     /// (`shmbus bench --only stream`, same machine state).
-    /// Under Overwrite it finds nothing: a copy goes through `poll`, out of line.
+    ///
+    /// Only for a topic with one publisher under Block or Fail: under Overwrite a message is
+    /// copied, and with several publishers the lanes take turns, both in `poll`, out of line.
     #[inline(always)]
     fn poll_ready(&self) -> Option<Ready> {
-        if self.copy.is_some() {
+        if self.copy.is_some() || !self.more.is_empty() {
             return None;
         }
         match self.reader.peek() {
@@ -365,27 +419,45 @@ impl<T: ?Sized> Subscriber<T> {
         }
     }
 
-    /// Look for the next message without waiting.
+    /// Look for the next message without waiting: in each lane once, from `turn` on.
     #[inline]
     fn poll(&mut self) -> Result<Option<Ready>, RecvError> {
-        let peek = match &mut self.copy {
-            // Overwrite: copy and validate; the reader has moved past the message already.
-            Some(copy) => self.reader.read_copy(copy.words_mut()),
-            None => self.reader.peek(),
-        };
-        match peek {
-            Peek::Ready(ready) => match self.expected_len {
-                Some(expected) if ready.len != expected => {
-                    self.skip_corrupt(ready.seq, ready.len, expected)
+        let lanes = 1 + self.more.len();
+        for _ in 0..lanes {
+            let lane = self.turn;
+            let peek = {
+                let reader = match lane {
+                    0 => &mut self.reader,
+                    _ => &mut self.more[lane - 1],
+                };
+                match &mut self.copy {
+                    // Overwrite: copy and validate; the reader has moved past the message.
+                    Some(copy) => reader.read_copy(copy.words_mut()),
+                    None => reader.peek(),
                 }
-                _ => Ok(Some(ready)),
-            },
-            Peek::Empty => self.poll_empty(),
-            Peek::BadLength { seq, len } => {
-                let expected = self.expected_len.unwrap_or(self.slot_size());
-                self.skip_corrupt(seq, len, expected)
+            };
+            if lanes > 1 {
+                self.turn = (lane + 1) % lanes;
+            }
+            match peek {
+                Peek::Empty => continue,
+                Peek::Ready(ready) => {
+                    self.lane = lane;
+                    return match self.expected_len {
+                        Some(expected) if ready.len != expected => {
+                            self.skip_corrupt(ready.seq, ready.len, expected)
+                        }
+                        _ => Ok(Some(ready)),
+                    };
+                }
+                Peek::BadLength { seq, len } => {
+                    self.lane = lane;
+                    let expected = self.expected_len.unwrap_or(self.slot_size());
+                    return self.skip_corrupt(seq, len, expected);
+                }
             }
         }
+        self.poll_empty()
     }
 
     fn slot_size(&self) -> u32 {
@@ -406,14 +478,18 @@ impl<T: ?Sized> Subscriber<T> {
 
     #[inline]
     fn poll_empty(&mut self) -> Result<Option<Ready>, RecvError> {
-        // About to report "nothing": give back every slot read, so that the publisher never
-        // waits for slots this side is done with.
-        if self.reader.flush() {
+        // About to report "nothing": give back every slot read, so that no publisher waits
+        // for slots this side is done with.
+        let mut flushed = self.reader.flush();
+        for reader in self.more.iter_mut() {
+            flushed |= reader.flush();
+        }
+        if flushed {
             self.control().space.notify(&Futex);
         }
-        // Acquire: pairs with the publisher's Release store at close; every message it sent is
-        // visible, so an empty ring after this load means nothing more will come.
-        if self.control().peers.publisher.load(Ordering::Acquire) != 0 {
+        // Acquire: pairs with each publisher's Release decrement at close; every message they
+        // sent is visible, so empty lanes after this load mean nothing more will come.
+        if self.control().peers.publishers.load(Ordering::Acquire) != 0 {
             return Ok(None);
         }
         if self.has_news() {
@@ -422,22 +498,29 @@ impl<T: ?Sized> Subscriber<T> {
         Err(RecvError::Disconnected)
     }
 
-    /// Whether there is something to look at: a message (Block), or under Overwrite a message
-    /// or the news that some were lost.
+    /// Whether there is something to look at in some lane: a message (Block), or under
+    /// Overwrite a message or the news that some were lost.
     #[inline]
     fn has_news(&self) -> bool {
-        if self.copy.is_some() {
-            self.reader.has_news()
-        } else {
-            !matches!(self.reader.peek(), Peek::Empty)
-        }
+        let news = |r: &Reader<MappedSlots>| {
+            if self.copy.is_some() {
+                r.has_news()
+            } else {
+                !matches!(r.peek(), Peek::Empty)
+            }
+        };
+        news(&self.reader) || self.more.iter().any(news)
     }
 
-    /// Be done with the message at the head (Block: give its slot back; under Overwrite the
-    /// copy already moved past it).
+    /// Be done with the message last handed out (Block: give its slot back; under Overwrite
+    /// the copy already moved past it).
     #[inline(always)]
     fn release(&mut self) {
-        if self.copy.is_none() && self.reader.release() {
+        if self.copy.is_some() {
+            return;
+        }
+        let lane = if self.more.is_empty() { 0 } else { self.lane };
+        if self.lane_reader_mut(lane).release() {
             self.control().space.notify(&Futex);
         }
     }
@@ -471,7 +554,7 @@ impl<T: ?Sized> Subscriber<T> {
             let arrived =
                 wait::wait_until(this.wait, &control.data, this.barrier_ok, deadline, || {
                     // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
-                    this.has_news() || control.peers.publisher.load(Ordering::Acquire) == 0
+                    this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
                 });
             if !arrived {
                 return self.poll();
@@ -483,7 +566,12 @@ impl<T: ?Sized> Subscriber<T> {
     fn sample(&mut self, ready: Ready) -> Sample<'_, T> {
         let ptr = match &mut self.copy {
             Some(copy) => copy.ptr() as *const u8,
-            None => self.reader.storage().payload_ptr(ready.index),
+            // Lane 0 spelled out: the fast path of a one-publisher topic reads no lane number.
+            None if self.more.is_empty() => self.reader.storage().payload_ptr(ready.index),
+            None => self
+                .lane_reader(self.lane)
+                .storage()
+                .payload_ptr(ready.index),
         };
         Sample {
             ptr,
@@ -544,8 +632,12 @@ impl<T: ?Sized> Subscriber<T> {
 
 impl<T: ?Sized> Drop for Subscriber<T> {
     fn drop(&mut self) {
-        // Out of the table first: a publisher waiting for this subscriber stops waiting.
-        self.reader.leave_entry(std::process::id());
+        // Out of the tables first: a publisher waiting for this subscriber stops waiting.
+        let me = std::process::id();
+        self.reader.leave_entry(me);
+        for reader in self.more.iter() {
+            reader.leave_entry(me);
+        }
         let control = self.control();
         control.space.notify(&Futex);
         if self.wait.may_sleep() {
@@ -577,9 +669,16 @@ pub struct Sample<'s, T: ?Sized> {
 }
 
 impl<T: ?Sized> Sample<'_, T> {
-    /// The message's sequence number: 0 for the topic's first message, then consecutive.
+    /// The message's sequence number: 0 for its publisher's first message, then consecutive
+    /// (each publisher of a topic numbers its own messages).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Which of the topic's publishers sent it: the lane it came through (0 for the creator;
+    /// see [`PublisherBuilder::attach`](crate::PublisherBuilder::attach)).
+    pub fn lane(&self) -> usize {
+        self.subscriber.lane
     }
 }
 

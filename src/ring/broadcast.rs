@@ -103,6 +103,12 @@ impl ReaderEntry {
             .is_ok()
     }
 
+    /// Mark the entry held by `owner`, unconditionally: for the entries that mirror, in other
+    /// lanes, an entry taken with [`ReaderEntry::try_take`].
+    pub fn set_owner(&self, owner: u32) {
+        self.owner.store(owner, Ordering::Release);
+    }
+
     /// Who holds the entry (0: nobody), as last written.
     pub fn owner(&self) -> u32 {
         self.owner.load(Ordering::Acquire)
