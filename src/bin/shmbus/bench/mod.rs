@@ -33,7 +33,10 @@ use report::{LatencyRow, Machine, Measured, RunInfo, StreamFig, StreamRow};
 pub const CASES_HELP: &str = "\
 Cases (each measured beside its limit, interleaved in short blocks):
   shm-poll-8B, shm-poll-64B      round trip, polling             limit raw-cacheline
-  shm-poll-64KiB-write8          64 KiB slots, 8 bytes written   limit raw-cacheline
+  shm-poll-{1,4,64}KiB-write8    1, 4, 64 KiB slots, 8 bytes     limit raw-cacheline
+                                 written: latency against payload size (beside shm-poll-64B)
+  shm-fanout-{1,2,4,8}-64B       round trip with 1-8 subscribers limit raw-cacheline
+                                 of the ping (in one process: the answer after the last)
   raw-two-lines                  a bare ping on one line, the answer on another: the least
                                  any round trip over two topics moves (beside shm-poll-8B)
   shm-futex-64B                  round trip, adaptive futex wait limit raw-futex
@@ -42,7 +45,11 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-stream-8B, shm-stream-64B  one-way throughput, polling     limit raw-ring-8B, raw-ring-64B
   shm-stream-slip-8B, -64B       the same with a 4 µs slip       limit raw-ring-8B, raw-ring-64B
                                  (SubscriberBuilder::slip: a subscriber that catches up pauses
-                                 so that it reads lines the publisher has finished)";
+                                 so that it reads lines the publisher has finished)
+  shm-stream-2pub-64B            two publishers (lanes) taking   limit raw-ring-64B
+                                 turns, one subscriber
+  shm-overwrite-publish-8sub-64B the Overwrite publisher's rate  limit the same with 1 sub
+                                 with 8 subscribers copying";
 
 /// Slots in the rings of the throughput cases, shmbus and raw alike.
 pub const STREAM_CAPACITY: usize = 1024;
@@ -166,7 +173,13 @@ impl Ctx {
 const SERIES: &[(&str, usize, bool)] = &[
     ("shm-poll-8B", 8, true),
     ("shm-poll-64B", 64, true),
+    ("shm-poll-1KiB-write8", 1024, true),
+    ("shm-poll-4KiB-write8", 4096, true),
     ("shm-poll-64KiB-write8", 65536, true),
+    ("shm-fanout-1-64B", 64, true),
+    ("shm-fanout-2-64B", 64, true),
+    ("shm-fanout-4-64B", 64, true),
+    ("shm-fanout-8-64B", 64, true),
     ("raw-cacheline", 8, true),
     ("raw-two-lines", 8, true),
     ("shm-futex-64B", 64, false),
@@ -180,6 +193,9 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-stream-slip-8B", 8, true),
     ("shm-stream-slip-64B", 64, true),
     ("raw-ring-64B", 64, true),
+    ("shm-stream-2pub-64B", 64, true),
+    ("shm-overwrite-publish-1sub-64B", 64, true),
+    ("shm-overwrite-publish-8sub-64B", 64, true),
 ];
 
 /// Latency groups, each run interleaved. In a group, the `raw-*` series is the limit of every
@@ -188,8 +204,22 @@ const SERIES: &[(&str, usize, bool)] = &[
 const LATENCY_GROUPS: &[&[&str]] = &[
     // raw-two-lines: one line each way, what a round trip over two topics must move at least.
     &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
-    &["shm-poll-64B", "raw-cacheline"],
-    &["shm-poll-64KiB-write8", "raw-cacheline"],
+    // Latency against payload size: 8 bytes written in place into ever larger slots.
+    &[
+        "shm-poll-64B",
+        "raw-cacheline",
+        "shm-poll-1KiB-write8",
+        "shm-poll-4KiB-write8",
+        "shm-poll-64KiB-write8",
+    ],
+    // Fan-out: the same round trip with more subscribers of the ping.
+    &[
+        "shm-fanout-1-64B",
+        "raw-cacheline",
+        "shm-fanout-2-64B",
+        "shm-fanout-4-64B",
+        "shm-fanout-8-64B",
+    ],
     &[
         "shm-futex-64B",
         "raw-futex",
@@ -205,6 +235,12 @@ const STREAM_GROUPS: &[[&str; 2]] = &[
     ["shm-stream-64B", "raw-ring-64B"],
     ["shm-stream-slip-8B", "raw-ring-8B"],
     ["shm-stream-slip-64B", "raw-ring-64B"],
+    ["shm-stream-2pub-64B", "raw-ring-64B"],
+    // Publish cost against subscriber count: the limit is the same publisher with one.
+    [
+        "shm-overwrite-publish-8sub-64B",
+        "shm-overwrite-publish-1sub-64B",
+    ],
 ];
 
 fn series(name: &str) -> (usize, bool) {
@@ -215,12 +251,18 @@ fn series(name: &str) -> (usize, bool) {
 }
 
 fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
-    use shm::{Msg64, Msg64K, Msg8, ShmPingPong};
+    use shm::{Msg1K, Msg4K, Msg64, Msg64K, Msg8, ShmPingPong};
     Ok(match name {
         "shm-poll-8B" => Box::new(ShmPingPong::<Msg8>::start(ctx, name)?),
-        "shm-poll-64B" | "shm-futex-64B" | "shm-futex-nospin-64B" => {
-            Box::new(ShmPingPong::<Msg64>::start(ctx, name)?)
-        }
+        "shm-poll-64B"
+        | "shm-futex-64B"
+        | "shm-futex-nospin-64B"
+        | "shm-fanout-1-64B"
+        | "shm-fanout-2-64B"
+        | "shm-fanout-4-64B"
+        | "shm-fanout-8-64B" => Box::new(ShmPingPong::<Msg64>::start(ctx, name)?),
+        "shm-poll-1KiB-write8" => Box::new(ShmPingPong::<Msg1K>::start(ctx, name)?),
+        "shm-poll-4KiB-write8" => Box::new(ShmPingPong::<Msg4K>::start(ctx, name)?),
         "shm-poll-64KiB-write8" => Box::new(ShmPingPong::<Msg64K>::start(ctx, name)?),
         "raw-cacheline" | "raw-two-lines" => Box::new(raw::CacheLine::start(ctx, name)?),
         "raw-futex" => Box::new(raw::Futex::start(ctx)?),
@@ -231,10 +273,15 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
 }
 
 fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
-    use shm::{Msg64, Msg8, ShmStream};
+    use shm::{Msg64, Msg8, ShmOverwrite, ShmStream};
     Ok(match name {
         "shm-stream-8B" | "shm-stream-slip-8B" => Box::new(ShmStream::<Msg8>::start(ctx, name)?),
-        "shm-stream-64B" | "shm-stream-slip-64B" => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
+        "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
+            Box::new(ShmStream::<Msg64>::start(ctx, name)?)
+        }
+        "shm-overwrite-publish-1sub-64B" | "shm-overwrite-publish-8sub-64B" => {
+            Box::new(ShmOverwrite::start(ctx, name)?)
+        }
         "raw-ring-8B" => Box::new(raw::RawRing::<1>::start(ctx, name)?),
         "raw-ring-64B" => Box::new(raw::RawRing::<8>::start(ctx, name)?),
         _ => bail!("unknown throughput case {name}"),
@@ -262,16 +309,31 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),
         "pipe-64B" | "unix-socket-64B" => kernel::kernel_peer(&mut ctl, case, &args.fd),
         "shm-poll-8B" => shm::ping_pong_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case),
-        "shm-poll-64B" | "shm-futex-64B" | "shm-futex-nospin-64B" => {
+        "shm-poll-64B"
+        | "shm-futex-64B"
+        | "shm-futex-nospin-64B"
+        | "shm-fanout-1-64B"
+        | "shm-fanout-2-64B"
+        | "shm-fanout-4-64B"
+        | "shm-fanout-8-64B" => {
             shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
+        }
+        "shm-poll-1KiB-write8" => {
+            shm::ping_pong_peer::<shm::Msg1K>(&mut ctl, &peer_bus(&args)?, case)
+        }
+        "shm-poll-4KiB-write8" => {
+            shm::ping_pong_peer::<shm::Msg4K>(&mut ctl, &peer_bus(&args)?, case)
         }
         "shm-poll-64KiB-write8" => {
             shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &peer_bus(&args)?, case)
         }
+        "shm-overwrite-publish-1sub-64B" | "shm-overwrite-publish-8sub-64B" => {
+            shm::overwrite_peer(&mut ctl, &peer_bus(&args)?, case)
+        }
         "shm-stream-8B" | "shm-stream-slip-8B" => {
             shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case)
         }
-        "shm-stream-64B" | "shm-stream-slip-64B" => {
+        "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
             shm::stream_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
         }
         _ => bail!("unknown case {case:?}"),

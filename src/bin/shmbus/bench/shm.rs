@@ -4,16 +4,25 @@
 //!   by the parent, `<case>.pong` by the child), with the same `WaitStrategy` on both sides
 //!   (see [`wait_of`]). The 8 B and 64 B cases write the whole message into the loaned slot; the 64 KiB
 //!   case writes only its first 8 bytes in place, so its latency must not grow with the size.
+//! - `shm-poll-{1,4}KiB-write8`: the 64 KiB case's twins, for latency against payload size.
+//! - `shm-fanout-N-64B`: the ping-pong with N subscribers of the ping, all in the child
+//!   process; the child reads the ping through each in turn and answers after the last. With
+//!   two CPUs, the subscribers of a fan-out share one: this measures what each more
+//!   subscriber costs the round trip, not parallel readers.
 //! - `shm-stream-*`: the parent publishes, the child receives and copies each message out,
 //!   one direction, polling; `shm-stream-slip-*` the same with a [`STREAM_SLIP`] slip (see
-//!   `SubscriberBuilder::slip`).
+//!   `SubscriberBuilder::slip`); `shm-stream-2pub-64B` with two publishers (two lanes of one
+//!   topic, written in turns by the parent) and one subscriber that takes them in turns.
+//! - `shm-overwrite-publish-Nsub-64B`: the publisher's own rate under `Policy::Overwrite`, timed
+//!   by the parent, with N subscribers copying in the child: the publisher never reads a
+//!   subscriber's position, so its cost must not grow with N.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 use hdrhistogram::Histogram;
-use shmbus::{Bus, Publisher, Subscriber, WaitStrategy};
+use shmbus::{Bus, Policy, Publisher, Subscriber, WaitStrategy};
 
 use super::raw::parse_stream_reply;
 use super::{Ctx, RoundTrip, Stream, StreamBlock, STREAM_CAPACITY};
@@ -64,21 +73,32 @@ impl BenchMessage for Msg64 {
     }
 }
 
-/// A 64 KiB message, of which the bench writes and reads only the first 8 bytes.
-#[repr(C)]
+/// A message of `N` words, of which the bench writes and reads only the first.
+#[repr(transparent)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct Msg64K {
-    number: u64,
-    rest: [u8; 65536 - 8],
-}
+pub struct Wide<const N: usize>([u64; N]);
 
-impl BenchMessage for Msg64K {
+impl<const N: usize> BenchMessage for Wide<N> {
     fn fill(slot: &mut Self, i: u64) {
-        slot.number = i;
+        slot.0[0] = i;
     }
     fn number(&self) -> u64 {
-        self.number
+        self.0[0]
     }
+}
+
+/// 1 KiB, 8 bytes written.
+pub type Msg1K = Wide<{ 1024 / 8 }>;
+/// 4 KiB, 8 bytes written.
+pub type Msg4K = Wide<{ 4096 / 8 }>;
+/// 64 KiB, 8 bytes written.
+pub type Msg64K = Wide<{ 65536 / 8 }>;
+
+/// The number of subscribers a `*-N-*` or `*-Nsub-*` case names (1 if it names none).
+pub fn readers_of(case: &str) -> usize {
+    case.split('-')
+        .find_map(|part| part.trim_end_matches("sub").parse().ok())
+        .unwrap_or(1)
 }
 
 /// The wait strategy of a case, from its name: `shm-futex-*` is the default adaptive strategy
@@ -163,11 +183,16 @@ impl<T: BenchMessage> RoundTrip for ShmPingPong<T> {
 /// The child side of a ping-pong case: answers each ping with a pong of the same number.
 pub fn ping_pong_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str) -> Result<()> {
     let wait = wait_of(case);
-    let mut ping = bus
-        .subscriber::<T>(&format!("{case}.ping"))
-        .wait(wait)
-        .open_timeout(OPEN_TIMEOUT)
-        .with_context(|| format!("opening topic {case}.ping"))?;
+    let readers = readers_of(case);
+    let mut pings = Vec::new();
+    for _ in 0..readers {
+        pings.push(
+            bus.subscriber::<T>(&format!("{case}.ping"))
+                .wait(wait)
+                .open_timeout(OPEN_TIMEOUT)
+                .with_context(|| format!("opening topic {case}.ping"))?,
+        );
+    }
     let mut pong = bus
         .publisher::<T>(&format!("{case}.pong"))
         .capacity(PING_CAPACITY)
@@ -177,7 +202,10 @@ pub fn ping_pong_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str)
     ctl.reply("ready")?;
     while let Some(n) = ctl.next_run()? {
         for _ in 0..n {
-            let i = ping.recv().context("recv")?.number();
+            let mut i = 0;
+            for ping in &mut pings {
+                i = ping.recv().context("recv")?.number();
+            }
             publish(&mut pong, i)?;
         }
         ctl.reply("done")?;
@@ -185,28 +213,40 @@ pub fn ping_pong_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str)
     Ok(())
 }
 
-/// The parent side of a stream case: the publisher.
+/// The parent side of a stream case: the publisher (two, taking turns, for `-2pub-`).
 pub struct ShmStream<T: BenchMessage> {
     name: &'static str,
-    publisher: Publisher<T>,
+    publishers: Vec<Publisher<T>>,
     peer: Peer,
 }
 
 impl<T: BenchMessage> ShmStream<T> {
     /// Creates `<case>.stream` and starts the subscriber.
     pub fn start(ctx: &Ctx, name: &'static str) -> Result<ShmStream<T>> {
-        let publisher = ctx
+        let topic = format!("{name}.stream");
+        let lanes = if name.contains("-2pub-") { 2 } else { 1 };
+        let mut publishers = vec![ctx
             .bus
-            .publisher::<T>(&format!("{name}.stream"))
+            .publisher::<T>(&topic)
             .capacity(STREAM_CAPACITY as u64)
+            .max_publishers(lanes)
             .wait(WaitStrategy::Spin)
             .create()
-            .with_context(|| format!("{name}: creating topic {name}.stream"))?;
+            .with_context(|| format!("{name}: creating topic {topic}"))?];
+        for _ in 1..lanes {
+            publishers.push(
+                ctx.bus
+                    .publisher::<T>(&topic)
+                    .wait(WaitStrategy::Spin)
+                    .attach()
+                    .with_context(|| format!("{name}: attaching to topic {topic}"))?,
+            );
+        }
         let mut peer = ctx.spawn(name, &[])?;
         peer.expect("ready")?;
         Ok(ShmStream {
             name,
-            publisher,
+            publishers,
             peer,
         })
     }
@@ -215,8 +255,21 @@ impl<T: BenchMessage> ShmStream<T> {
 impl<T: BenchMessage> Stream for ShmStream<T> {
     fn block(&mut self, n: u64) -> Result<StreamBlock> {
         self.peer.run(n)?;
-        for i in 0..n {
-            publish(&mut self.publisher, i)?;
+        match &mut self.publishers[..] {
+            [one] => {
+                for i in 0..n {
+                    publish(one, i)?;
+                }
+            }
+            [a, b] => {
+                for i in (0..n).step_by(2) {
+                    publish(a, i)?;
+                    if i + 1 < n {
+                        publish(b, i + 1)?;
+                    }
+                }
+            }
+            _ => bail!("{}: one or two publishers", self.name),
         }
         let reply = self.peer.expect("done")?;
         parse_stream_reply(self.name, &reply, n)
@@ -260,6 +313,91 @@ pub fn stream_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str) ->
         }
         let elapsed = start.elapsed().as_nanos();
         ctl.reply(&format!("done {elapsed} {sum}"))?;
+    }
+    Ok(())
+}
+
+/// The parent side of `shm-overwrite-publish-*`: an Overwrite publisher, timed by itself.
+pub struct ShmOverwrite {
+    name: &'static str,
+    publisher: Publisher<Msg64>,
+    peer: Peer,
+    /// Messages published before this block (the child's subscribers count from 0).
+    sent: u64,
+}
+
+impl ShmOverwrite {
+    /// Creates `<case>.md` under Overwrite and starts the child with its subscribers.
+    pub fn start(ctx: &Ctx, name: &'static str) -> Result<ShmOverwrite> {
+        let publisher = ctx
+            .bus
+            .publisher::<Msg64>(&format!("{name}.md"))
+            .capacity(STREAM_CAPACITY as u64)
+            .policy(Policy::Overwrite)
+            .max_subscribers(readers_of(name) as u32)
+            .create()
+            .with_context(|| format!("{name}: creating topic {name}.md"))?;
+        let mut peer = ctx.spawn(name, &[])?;
+        peer.expect("ready")?;
+        Ok(ShmOverwrite {
+            name,
+            publisher,
+            peer,
+            sent: 0,
+        })
+    }
+}
+
+impl Stream for ShmOverwrite {
+    fn block(&mut self, n: u64) -> Result<StreamBlock> {
+        self.peer.run(self.sent + n)?;
+        let start = Instant::now();
+        for i in 0..n {
+            let mut loan = self.publisher.try_loan().context("loan")?;
+            Msg64::fill(&mut loan, i);
+            loan.send();
+        }
+        let elapsed_ns = start.elapsed().as_nanos() as u64;
+        self.sent += n;
+        let reply = self.peer.expect("done")?;
+        if reply != "caught up" {
+            bail!("{}: the subscribers say {reply:?}", self.name);
+        }
+        Ok(StreamBlock {
+            intervals: n,
+            elapsed_ns: elapsed_ns.max(1),
+        })
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.peer.finish()
+    }
+}
+
+/// The child side of `shm-overwrite-publish-*`: N subscribers, each copying messages out in
+/// turn, until every one has reached (received or lost) the message the parent names.
+pub fn overwrite_peer(ctl: &mut Control, bus: &Bus, case: &str) -> Result<()> {
+    let mut subscribers = Vec::new();
+    for _ in 0..readers_of(case) {
+        subscribers.push(
+            bus.subscriber::<Msg64>(&format!("{case}.md"))
+                .wait(WaitStrategy::Spin)
+                .open_timeout(OPEN_TIMEOUT)
+                .with_context(|| format!("opening topic {case}.md"))?,
+        );
+    }
+    ctl.reply("ready")?;
+    let mut sum = 0u64;
+    while let Some(until) = ctl.next_run()? {
+        while subscribers.iter().any(|s| s.next_seq() < until) {
+            for s in &mut subscribers {
+                if let Some(sample) = s.try_recv().context("recv")? {
+                    sum = sum.wrapping_add(black_box(*sample).number());
+                }
+            }
+        }
+        black_box(sum);
+        ctl.reply("done caught up")?;
     }
     Ok(())
 }
