@@ -406,15 +406,29 @@ impl<T: ?Sized> Subscriber<T> {
     /// streaming subscriber at ~100 M 8-byte messages/s where this path reaches ~380 M
     /// (`shmbus bench --only stream`, same machine state).
     ///
-    /// Only for a topic with one publisher under Block or Fail: under Overwrite a message is
-    /// copied, and with several publishers the lanes take turns, both in `poll`, out of line.
+    /// Under Block and Fail only (under Overwrite a message is copied, in `poll`, out of
+    /// line). With several publishers it looks at the lane whose turn it is, and moves the
+    /// turn on.
     #[inline(always)]
-    fn poll_ready(&self) -> Option<Ready> {
-        if self.copy.is_some() || !self.more.is_empty() {
+    fn poll_ready(&mut self) -> Option<Ready> {
+        if self.copy.is_some() {
             return None;
         }
-        match self.reader.peek() {
-            Peek::Ready(ready) if self.expected_len.is_none_or(|e| e == ready.len) => Some(ready),
+        if self.more.is_empty() {
+            return match self.reader.peek() {
+                Peek::Ready(ready) if self.expected_len.is_none_or(|e| e == ready.len) => {
+                    Some(ready)
+                }
+                _ => None,
+            };
+        }
+        let lane = self.turn;
+        match self.lane_reader(lane).peek() {
+            Peek::Ready(ready) if self.expected_len.is_none_or(|e| e == ready.len) => {
+                self.lane = lane;
+                self.turn = if lane == self.more.len() { 0 } else { lane + 1 };
+                Some(ready)
+            }
             _ => None,
         }
     }
