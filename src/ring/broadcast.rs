@@ -438,14 +438,19 @@ impl<S: SlotStorage> Reader<S> {
         self.lost
     }
 
-    /// Whether the writer has published past this reader's head: a message to read, or (under
-    /// Overwrite) to learn was lost. The readiness test of an Overwrite reader, whose slot may
-    /// hold a later lap's message.
+    /// Overwrite: whether the slot at this reader's head holds anything but the previous
+    /// lap's message: the next message (perhaps still being written), or a later lap's, which
+    /// means messages were lost. The readiness test of an Overwrite reader, which `peek` cannot
+    /// be (a later lap's stamp is news too). It reads the slot's own line, never the writer's
+    /// tail: a line the writer stores to on every message, which a spinning reader would pull
+    /// away from it each time.
     #[inline]
     pub fn has_news(&self) -> bool {
-        // SAFETY: valid for our life (constructor's contract).
-        // Acquire: pairs with the Release store of the tail in `commit`.
-        unsafe { &*self.words }.tail.load(Ordering::Acquire) != self.head
+        let index = (self.head & self.mask) as usize;
+        // Acquire: pairs with the writer's Release store of the tag in `commit`.
+        let stamp = self.storage.tag(index).load(Ordering::Acquire) as u32;
+        let ahead = stamp.wrapping_sub(stamp_for(self.head)) as i32;
+        ahead >= 0 || (ahead != -((self.mask + 1) as i32) && stamp != 0)
     }
 
     /// Look at slot `head` (Block: a `Ready` slot may be read in place until
