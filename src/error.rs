@@ -134,6 +134,13 @@ pub enum OpenError {
         /// The pids holding the entries.
         pids: Vec<u32>,
     },
+    /// A publisher moved on every time this subscriber tried to register its position (only
+    /// a publisher whose history is nearly its whole capacity scans that often); try again.
+    #[error("topic {topic:?}: its publisher kept moving while this subscriber joined; try again")]
+    Contended {
+        /// The name.
+        topic: String,
+    },
     /// Every publisher lane of the topic is taken (attaching a publisher).
     #[error("topic {topic:?} already has its {max} publishers")]
     TooManyPublishers {

@@ -8,7 +8,7 @@ use crate::layout::{
     Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_LANES, MAX_READERS,
     MAX_SEGMENT_SIZE,
 };
-use crate::ring::broadcast::{Peek, Reader, Ready};
+use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready};
 use crate::ring::MappedSlots;
 use crate::segment::{Segment, SegmentError};
 use crate::sync::{spin_hint, Ordering};
@@ -111,21 +111,40 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             max: shape.max_readers,
             pids,
         })?;
-        let join = |k: u32| {
-            let lane = lane(k);
+        let entry = |k: u32| -> &ReaderEntry {
             // SAFETY: as above.
-            let table = unsafe { lane.table(shape.max_readers) };
-            let entry = &*table.entries()[index];
+            let table = unsafe { lane(k).table(shape.max_readers) };
+            let entry: *const ReaderEntry = &*table.entries()[index];
+            // SAFETY: the entry is in the mapping, which outlives this function (the table
+            // value only describes where it is).
+            unsafe { &*entry }
+        };
+        let mut readers = Vec::with_capacity(lanes as usize);
+        for k in 0..lanes {
             if k != 0 {
-                entry.set_owner(me);
+                entry(k).set_owner(me);
             }
             // SAFETY: the lane's words, its entry `index` and its slots are in the mapping,
             // which the subscriber keeps; entry `index` is ours in every lane (taken in lane 0's
             // table, whose holder owns the index in all of them).
-            unsafe { Reader::join(&*lane.writer, entry, open.slots(k), self.history) }
-        };
-        let reader = join(0);
-        let more: Box<[_]> = (1..lanes).map(join).collect();
+            match unsafe { Reader::join(&*lane(k).writer, entry(k), open.slots(k), self.history) } {
+                Some(reader) => readers.push(reader),
+                None => {
+                    // Out of every table again: no publisher waits for a subscriber that is
+                    // not there.
+                    for reader in &readers {
+                        reader.unregister();
+                    }
+                    (0..=k).for_each(|k| entry(k).set_owner(0));
+                    return Err(OpenError::Contended {
+                        topic: self.topic.clone(),
+                    });
+                }
+            }
+        }
+        let mut readers = readers.into_iter();
+        let reader = readers.next().expect("a topic has at least one lane");
+        let more: Box<[_]> = readers.collect();
         let first_seq = reader.next_seq();
         let copy = (shape.policy == Policy::Overwrite)
             .then(|| AlignedWords::new(open.geometry.slot_size as usize, T::align()));

@@ -46,6 +46,10 @@ use super::{stamp_for, tag, SlotStorage};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
+/// Attempts a joiner makes before it gives up on a writer whose floor moves every time (see
+/// [`Reader::join`]).
+pub const JOIN_ATTEMPTS: u32 = 10_000;
+
 /// The length a tag carries while the writer rewrites an Overwrite slot.
 pub const BUSY: u32 = u32::MAX;
 
@@ -321,6 +325,7 @@ impl<S: SlotStorage> Writer<S> {
         // Release: a joiner or a lapped reader that starts from this tail finds the slots
         // before it written (it checks their stamps anyway).
         self.words().tail.store(self.tail, Ordering::Release);
+        self.storage.prepare_write((self.tail & self.mask) as usize);
     }
 }
 
@@ -376,6 +381,12 @@ impl<S: SlotStorage> Reader<S> {
     /// keeps (Block: at most the topic's history; Overwrite: what the ring holds, validated
     /// when read).
     ///
+    /// Each attempt is one store, one fence and one load; another is needed only when the
+    /// writer scanned (and moved its floor) in between, which a writer does once per
+    /// `capacity - history` messages. A writer that scans on every message (a history of
+    /// `capacity - 1`) could keep a joiner retrying for as long as it writes: after
+    /// [`JOIN_ATTEMPTS`] the join gives up (`None`, the entry unregistered) rather than spin on.
+    ///
     /// # Safety
     /// `words` and `entry` must be valid for the reader's life, `storage` must be the ring's
     /// slots, and `entry` must be this reader's alone.
@@ -384,13 +395,14 @@ impl<S: SlotStorage> Reader<S> {
         entry: *const ReaderEntry,
         storage: S,
         history: u64,
-    ) -> Self {
+    ) -> Option<Self> {
         // SAFETY: valid per the contract.
         let (w, e) = unsafe { (&*words, &*entry) };
         let capacity = storage.capacity();
         let tail = w.tail.load(Ordering::Acquire);
         let mut head = tail.wrapping_sub(history.min(tail).min(capacity - 1));
-        loop {
+        let mut settled = false;
+        for _ in 0..JOIN_ATTEMPTS {
             e.head.store(head.wrapping_add(1), Ordering::Relaxed);
             // SeqCst fence: the Dekker pair with the one in `Writer::scan` (see the module
             // comment).
@@ -398,12 +410,17 @@ impl<S: SlotStorage> Reader<S> {
             let floor = w.floor.load(Ordering::Relaxed);
             // A floor ahead of us: a scan may have missed our head; start there instead.
             if (floor.wrapping_sub(head) as i64) <= 0 {
+                settled = true;
                 break;
             }
             head = floor;
         }
+        if !settled {
+            e.head.store(0, Ordering::Release);
+            return None;
+        }
         e.lost.store(0, Ordering::Relaxed);
-        Self {
+        Some(Self {
             words,
             entry,
             mask: capacity - 1,
@@ -412,7 +429,7 @@ impl<S: SlotStorage> Reader<S> {
             head,
             published: head,
             lost: 0,
-        }
+        })
     }
 
     #[inline(always)]
@@ -650,6 +667,7 @@ mod tests {
                     history,
                 )
             }
+            .expect("nobody writes while the tests join")
         }
     }
 
