@@ -176,11 +176,14 @@ pub struct Writer<S> {
 unsafe impl<S: Send> Send for Writer<S> {}
 
 impl<S: SlotStorage> Writer<S> {
-    /// Attach the writer to a fresh ring (nothing written yet).
+    /// Attach the writer to a ring, continuing from its published tail (0 for a fresh ring; a
+    /// lane another publisher closed goes on where it stopped, so its readers' heads stay
+    /// valid).
     ///
     /// # Safety
     /// `words` and `table` must be valid for the writer's life; `storage` must be the ring's
-    /// slots; there must be no other writer on this ring, ever. `history < capacity`.
+    /// slots; there must be no other writer on this ring while this one lives.
+    /// `history < capacity`.
     pub unsafe fn new(
         words: *const WriterWords,
         table: Table,
