@@ -1,5 +1,22 @@
-//! The user API: a [`Bus`] names topics; a topic has one [`Publisher`] and any number of
-//! [`Subscriber`]s up to its table's size, each typed by its [`Payload`].
+//! The user API: a [`Bus`] names topics; a topic has up to `max_publishers` [`Publisher`]s and
+//! up to `max_subscribers` [`Subscriber`]s, each typed by its [`Payload`].
+//!
+//! **Many to many: a lane per publisher, merged at the reader.** Each publisher of a topic
+//! writes a ring of its own (a *lane*: `crate::ring::broadcast`, one writer), and a subscriber
+//! holds a position in every lane and takes them in turns. The other design, one ring that all
+//! publishers claim slots in (a shared tail advanced with a CAS, per-slot sequence numbers),
+//! was rejected because:
+//! - its publishers contend: every message is a CAS on one cache line that all of them
+//!   write, where a lane's writer touches nothing another writer does;
+//! - a publisher killed between its claim and its commit leaves a hole that every reader
+//!   stops at until someone detects the death and fills it; in a lane, a dead publisher stops
+//!   only its own lane;
+//! - one publisher's order is kept by construction, and a topic with one publisher (the common
+//!   case) pays nothing for the others: its subscribers keep the inlined one-lane fast path.
+//!
+//! What lanes cost: memory (`max_publishers` rings, fixed at creation) and no order between
+//! publishers (a subscriber sees each publisher's messages in order, interleaved in turns;
+//! `Sample::lane` says whose message it is).
 
 mod control;
 mod discovery;
