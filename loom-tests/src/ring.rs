@@ -107,7 +107,8 @@ impl Ring {
         assert!(entry.try_take(index as u32 + 1), "entry {index} is taken");
         // SAFETY: `Rx` keeps the entry and words alive; the entry is ours (taken above).
         let reader =
-            unsafe { Reader::join(&self.shared.words, &**entry, self.slots.clone(), history) };
+            unsafe { Reader::join(&self.shared.words, &**entry, self.slots.clone(), history) }
+                .expect("a model's writer moves its floor a few times at most");
         Rx {
             reader,
             owner: index as u32 + 1,

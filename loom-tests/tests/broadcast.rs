@@ -137,6 +137,7 @@ fn an_overwritten_reader_counts_exactly_what_it_lost() {
         }
         writer.join().unwrap();
         assert_eq!(rx.try_copy(), None);
+        assert!(!rx.reader().has_news(), "news after the last message");
         assert_eq!(received + rx.reader().lost(), MESSAGES);
         assert_eq!(last, Some(MESSAGES - 1), "the last message is never lost");
     });
