@@ -158,7 +158,7 @@ pub enum OpenError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TryLoanError {
-    /// Every slot holds a message the subscriber has not released.
+    /// Every slot holds a message some subscriber has not released.
     #[error("ring is full")]
     Full,
     /// A byte message longer than the slot size.

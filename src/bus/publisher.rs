@@ -113,7 +113,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     }
 
     /// Create the topic's segment and return its publisher. The topic's name is removed when
-    /// the publisher is dropped; subscribers attached by then read what is left.
+    /// its last publisher is dropped (this one, unless others [attached](Self::attach));
+    /// subscribers attached by then read what is left.
     ///
     /// # Errors
     /// [`CreateError::InvalidName`], [`CreateError::InvalidConfig`] (capacity not a power of
@@ -220,7 +221,10 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 .is_ok()
         });
         let Some(lane) = lane else {
-            control.peers.leave();
+            if control.peers.leave() {
+                // The others left meanwhile: the name goes with the last one out.
+                let _ = segment::unlink(open.segment.name());
+            }
             return Err(OpenError::TooManyPublishers {
                 topic: self.topic,
                 max: geometry.lanes,
@@ -402,11 +406,12 @@ impl Inner {
     }
 }
 
-/// The publisher of a topic: the only writer of its ring.
+/// A publisher of a topic: the only writer of its lane (its ring).
 ///
 /// `Send` (it may move to another thread) but not `Sync`: loans take `&mut self`, so one
-/// thread at a time writes. Dropping it closes the topic: subscribers receive what is left,
-/// then [`RecvError::Disconnected`](crate::RecvError::Disconnected); the name is unlinked.
+/// thread at a time writes. Dropping it closes its lane; dropping the topic's last publisher
+/// closes the topic: subscribers receive what is left, then
+/// [`RecvError::Disconnected`](crate::RecvError::Disconnected), and the name is unlinked.
 #[derive(Debug)]
 pub struct Publisher<T: ?Sized> {
     inner: Inner,

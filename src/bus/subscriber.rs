@@ -334,7 +334,7 @@ fn expected_unknown() -> crate::layout::TypeFingerprint {
     crate::layout::TypeFingerprint::typed::<()>("<unknown kind>")
 }
 
-/// The subscriber of a topic: the only reader of its ring.
+/// A subscriber of a topic: one entry of its subscriber table, a reader of every lane.
 ///
 /// `Send` but not `Sync`: receiving takes `&mut self`, and a [`Sample`] borrows the subscriber
 /// until dropped, so one thread at a time reads.
