@@ -49,7 +49,9 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-stream-2pub-64B            two publishers (lanes) taking   limit raw-ring-64B
                                  turns, one subscriber
   shm-overwrite-publish-8sub-64B the Overwrite publisher's rate  limit the same with 1 sub
-                                 with 8 subscribers copying";
+                                 with 8 subscribers copying (back to back: they are lapped)
+  shm-overwrite-burst-8sub-64B   the same in bursts of 64 with   limit the same with 1 sub
+                                 pauses (subscribers keep pace)";
 
 /// Slots in the rings of the throughput cases, shmbus and raw alike.
 pub const STREAM_CAPACITY: usize = 1024;
@@ -196,6 +198,8 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-stream-2pub-64B", 64, true),
     ("shm-overwrite-publish-1sub-64B", 64, true),
     ("shm-overwrite-publish-8sub-64B", 64, true),
+    ("shm-overwrite-burst-1sub-64B", 64, true),
+    ("shm-overwrite-burst-8sub-64B", 64, true),
 ];
 
 /// Latency groups, each run interleaved. In a group, the `raw-*` series is the limit of every
@@ -241,6 +245,10 @@ const STREAM_GROUPS: &[[&str; 2]] = &[
         "shm-overwrite-publish-8sub-64B",
         "shm-overwrite-publish-1sub-64B",
     ],
+    [
+        "shm-overwrite-burst-8sub-64B",
+        "shm-overwrite-burst-1sub-64B",
+    ],
 ];
 
 fn series(name: &str) -> (usize, bool) {
@@ -279,9 +287,10 @@ fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
         "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
             Box::new(ShmStream::<Msg64>::start(ctx, name)?)
         }
-        "shm-overwrite-publish-1sub-64B" | "shm-overwrite-publish-8sub-64B" => {
-            Box::new(ShmOverwrite::start(ctx, name)?)
-        }
+        "shm-overwrite-publish-1sub-64B"
+        | "shm-overwrite-publish-8sub-64B"
+        | "shm-overwrite-burst-1sub-64B"
+        | "shm-overwrite-burst-8sub-64B" => Box::new(ShmOverwrite::start(ctx, name)?),
         "raw-ring-8B" => Box::new(raw::RawRing::<1>::start(ctx, name)?),
         "raw-ring-64B" => Box::new(raw::RawRing::<8>::start(ctx, name)?),
         _ => bail!("unknown throughput case {name}"),
@@ -327,9 +336,10 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "shm-poll-64KiB-write8" => {
             shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &peer_bus(&args)?, case)
         }
-        "shm-overwrite-publish-1sub-64B" | "shm-overwrite-publish-8sub-64B" => {
-            shm::overwrite_peer(&mut ctl, &peer_bus(&args)?, case)
-        }
+        "shm-overwrite-publish-1sub-64B"
+        | "shm-overwrite-publish-8sub-64B"
+        | "shm-overwrite-burst-1sub-64B"
+        | "shm-overwrite-burst-8sub-64B" => shm::overwrite_peer(&mut ctl, &peer_bus(&args)?, case),
         "shm-stream-8B" | "shm-stream-slip-8B" => {
             shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case)
         }
