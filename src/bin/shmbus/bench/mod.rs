@@ -251,6 +251,25 @@ const STREAM_GROUPS: &[[&str; 2]] = &[
     ],
 ];
 
+/// The ping-pong cases of 64-byte messages (one parent and one child kind for all of them).
+const PING_PONG_64B: &[&str] = &[
+    "shm-poll-64B",
+    "shm-futex-64B",
+    "shm-futex-nospin-64B",
+    "shm-fanout-1-64B",
+    "shm-fanout-2-64B",
+    "shm-fanout-4-64B",
+    "shm-fanout-8-64B",
+];
+
+/// The Overwrite publish-cost cases.
+const OVERWRITE: &[&str] = &[
+    "shm-overwrite-publish-1sub-64B",
+    "shm-overwrite-publish-8sub-64B",
+    "shm-overwrite-burst-1sub-64B",
+    "shm-overwrite-burst-8sub-64B",
+];
+
 fn series(name: &str) -> (usize, bool) {
     SERIES
         .iter()
@@ -262,13 +281,7 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
     use shm::{Msg1K, Msg4K, Msg64, Msg64K, Msg8, ShmPingPong};
     Ok(match name {
         "shm-poll-8B" => Box::new(ShmPingPong::<Msg8>::start(ctx, name)?),
-        "shm-poll-64B"
-        | "shm-futex-64B"
-        | "shm-futex-nospin-64B"
-        | "shm-fanout-1-64B"
-        | "shm-fanout-2-64B"
-        | "shm-fanout-4-64B"
-        | "shm-fanout-8-64B" => Box::new(ShmPingPong::<Msg64>::start(ctx, name)?),
+        _ if PING_PONG_64B.contains(&name) => Box::new(ShmPingPong::<Msg64>::start(ctx, name)?),
         "shm-poll-1KiB-write8" => Box::new(ShmPingPong::<Msg1K>::start(ctx, name)?),
         "shm-poll-4KiB-write8" => Box::new(ShmPingPong::<Msg4K>::start(ctx, name)?),
         "shm-poll-64KiB-write8" => Box::new(ShmPingPong::<Msg64K>::start(ctx, name)?),
@@ -287,10 +300,7 @@ fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
         "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
             Box::new(ShmStream::<Msg64>::start(ctx, name)?)
         }
-        "shm-overwrite-publish-1sub-64B"
-        | "shm-overwrite-publish-8sub-64B"
-        | "shm-overwrite-burst-1sub-64B"
-        | "shm-overwrite-burst-8sub-64B" => Box::new(ShmOverwrite::start(ctx, name)?),
+        _ if OVERWRITE.contains(&name) => Box::new(ShmOverwrite::start(ctx, name)?),
         "raw-ring-8B" => Box::new(raw::RawRing::<1>::start(ctx, name)?),
         "raw-ring-64B" => Box::new(raw::RawRing::<8>::start(ctx, name)?),
         _ => bail!("unknown throughput case {name}"),
@@ -318,13 +328,7 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),
         "pipe-64B" | "unix-socket-64B" => kernel::kernel_peer(&mut ctl, case, &args.fd),
         "shm-poll-8B" => shm::ping_pong_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case),
-        "shm-poll-64B"
-        | "shm-futex-64B"
-        | "shm-futex-nospin-64B"
-        | "shm-fanout-1-64B"
-        | "shm-fanout-2-64B"
-        | "shm-fanout-4-64B"
-        | "shm-fanout-8-64B" => {
+        _ if PING_PONG_64B.contains(&case) => {
             shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
         }
         "shm-poll-1KiB-write8" => {
@@ -336,10 +340,7 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "shm-poll-64KiB-write8" => {
             shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &peer_bus(&args)?, case)
         }
-        "shm-overwrite-publish-1sub-64B"
-        | "shm-overwrite-publish-8sub-64B"
-        | "shm-overwrite-burst-1sub-64B"
-        | "shm-overwrite-burst-8sub-64B" => shm::overwrite_peer(&mut ctl, &peer_bus(&args)?, case),
+        _ if OVERWRITE.contains(&case) => shm::overwrite_peer(&mut ctl, &peer_bus(&args)?, case),
         "shm-stream-8B" | "shm-stream-slip-8B" => {
             shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case)
         }
