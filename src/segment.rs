@@ -355,3 +355,87 @@ fn io(op: &'static str, name: &str, source: std::io::Error) -> SegmentError {
         source,
     }
 }
+
+/// Who a process is, for the tables in a segment: its pid in the low 32 bits and the low 32
+/// bits of its start time (clock ticks since boot, `/proc/<pid>/stat` field 22) in the high
+/// ones, so that a pid the kernel gave to a new process after the old one died does not read
+/// as the old one. Never 0 and never `u64::MAX` for a real process.
+pub fn identity_of(pid: u32, start: u64) -> u64 {
+    (start & 0xffff_ffff) << 32 | pid as u64
+}
+
+/// This process's identity (see [`identity_of`]); computed once.
+pub fn my_identity() -> u64 {
+    static ME: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ME.get_or_init(|| {
+        let pid = std::process::id();
+        identity_of(pid, process_start(pid).unwrap_or(0))
+    })
+}
+
+/// The pid an identity names.
+pub fn identity_pid(identity: u64) -> u32 {
+    identity as u32
+}
+
+/// Whether the process an identity names is alive: its pid exists and started when the
+/// identity says. When that cannot be told (no `/proc`), a pid that exists counts as alive:
+/// a live peer is never called dead, at worst a dead one whose pid was reused is called alive.
+/// Makes system calls: for slow paths only.
+pub fn identity_alive(identity: u64) -> bool {
+    let pid = identity_pid(identity);
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    // ESRCH: no such process. EPERM: it exists (another user's).
+    if matches!(
+        rustix::process::test_kill_process(raw),
+        Err(rustix::io::Errno::SRCH)
+    ) {
+        return false;
+    }
+    match process_start(pid) {
+        Some(start) => identity_of(pid, start) == identity,
+        None => true,
+    }
+}
+
+/// A process's start time, in clock ticks since boot, from `/proc/<pid>/stat`.
+fn process_start(pid: u32) -> Option<u64> {
+    start_time_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The command name (field 2) is in parentheses and may
+/// hold spaces and parentheses: the fields after it start after the last `)`, and the start
+/// time is the 20th of them.
+fn start_time_of(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not() {
+        let me = my_identity();
+        assert_eq!(identity_pid(me), std::process::id());
+        assert!(identity_alive(me));
+        // The same pid with another start time: a process that died and whose pid was reused.
+        let start = me >> 32;
+        let reused = identity_of(std::process::id(), start.wrapping_add(1));
+        assert!(!identity_alive(reused));
+        // A pid that names no process (above the kernel's pid_max).
+        assert!(!identity_alive(identity_of(0x7fff_fff0, 0)));
+    }
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_does_not_confuse_the_start_time() {
+        let fields_3_to_21 = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18";
+        let stat = format!("42 (a) b (c)) {fields_3_to_21} 987654 19 20\n");
+        assert_eq!(start_time_of(&stat), Some(987654));
+        assert_eq!(start_time_of("42 (truncated"), None);
+        assert!(process_start(std::process::id()).is_some());
+    }
+}

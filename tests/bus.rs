@@ -33,6 +33,7 @@ fn child_entry() {
     };
     let code = match role.as_str() {
         "subscribe" => child_subscribe(),
+        "subscribe-then-hang" => child_subscribe_then_hang(),
         "subscribe-lanes" => child_subscribe_lanes(),
         "publish" => child_publish(),
         "describe" => child_describe(),
@@ -103,6 +104,23 @@ fn child_subscribe() -> i32 {
         subscriber.lost()
     ));
     i32::from(errors != 0)
+}
+
+/// Subscribe, read `count` messages, say READY, and read nothing more until killed.
+fn child_subscribe_then_hang() -> i32 {
+    let bus = child_bus();
+    let mut subscriber = bus
+        .subscriber::<Msg>(&arg("topic"))
+        .open_timeout(CHILD_STALL)
+        .expect("open the topic");
+    say("OPEN");
+    for _ in 0..arg_u64("count") {
+        let sample = subscriber.recv_timeout(CHILD_STALL).expect("recv");
+        assert!(sample.is_some(), "no message for {CHILD_STALL:?}");
+    }
+    say("READY");
+    std::thread::sleep(CHILD_STALL);
+    1
 }
 
 /// Attach to topic `topic` as one more publisher, say READY, wait for `subscribers`
@@ -490,4 +508,69 @@ fn three_publisher_processes_reach_two_subscriber_processes_each_in_its_order() 
         bus.topic_info("t"),
         Err(shmbus::OpenError::NotFound { .. })
     ));
+}
+
+#[test]
+fn a_killed_subscriber_is_evicted_and_its_publisher_goes_on() {
+    const CAPACITY: u64 = 64;
+    let prefix = common::unique_prefix("dead-subscriber");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let mut publisher = bus
+        .publisher::<Msg>("t")
+        .capacity(CAPACITY)
+        .wait(WaitStrategy::default())
+        .create()
+        .unwrap();
+    // One subscriber here, which keeps reading, and one in a child, which stops after 10
+    // messages and is then killed while it holds the ring.
+    let mut alive = bus.subscriber::<Msg>("t").open().unwrap();
+    let mut doomed = ChildProc::spawn(
+        "subscribe-then-hang",
+        &[("prefix", &prefix), ("topic", "t"), ("count", "10")],
+    );
+    doomed.wait_for_line("OPEN");
+    let mut seq = 0;
+    let read = |alive: &mut shmbus::Subscriber<Msg>, upto: u64| {
+        while let Some(sample) = alive.try_recv().unwrap() {
+            assert!(check_message(sample.seq(), sample.seq(), &sample).is_none());
+            assert!(sample.seq() < upto);
+        }
+    };
+    for _ in 0..10 {
+        publisher.send(message(seq)).unwrap();
+        seq += 1;
+    }
+    doomed.wait_for_line("READY");
+    read(&mut alive, seq);
+    // The child holds the ring at 10: the publisher fills it up to there, and no further.
+    while publisher.try_send(message(seq)).is_ok() {
+        seq += 1;
+        read(&mut alive, seq);
+    }
+    // (Its position as last given back: slots go back in batches, so up to 10.)
+    assert!(
+        (CAPACITY..=10 + CAPACITY).contains(&seq),
+        "full a lap past the child's position: {seq}"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(doomed.pid() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(!doomed.finish().status.success());
+    // The blocked publisher finds the dead subscriber and evicts it (within a slice of
+    // LIVENESS_CHECK), then goes on; the live subscriber misses nothing.
+    for _ in 0..10 * CAPACITY {
+        publisher
+            .send_timeout(message(seq), CHILD_STALL)
+            .unwrap_or_else(|_| panic!("still blocked at {seq} after {CHILD_STALL:?}"));
+        seq += 1;
+        read(&mut alive, seq);
+    }
+    let info = bus.topic_info("t").unwrap();
+    assert_eq!(info.evictions, 1, "{info:?}");
+    assert_eq!(info.subscribers.len(), 1, "{info:?}");
+    assert_eq!(info.subscribers[0].pid, std::process::id());
+    assert_eq!(alive.next_seq(), seq, "the live subscriber read everything");
 }

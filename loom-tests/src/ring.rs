@@ -3,7 +3,7 @@
 
 use crossbeam_utils::CachePadded;
 use loom::thread;
-use shmbus::ring::broadcast::{Peek, Reader, ReaderEntry, Table, Writer, WriterWords};
+use shmbus::ring::broadcast::{Peek, Reader, ReaderEntry, Table, Writer, WriterWords, EVICTING};
 use shmbus::ring::{HeapSlots, SlotStorage};
 use std::sync::Arc;
 
@@ -104,16 +104,48 @@ impl Ring {
     /// If the entry is taken.
     pub fn join(&self, index: usize, history: u64) -> Rx {
         let entry = &self.shared.entries[index];
-        assert!(entry.try_take(index as u32 + 1), "entry {index} is taken");
+        assert!(entry.try_take(index as u64 + 1), "entry {index} is taken");
         // SAFETY: `Rx` keeps the entry and words alive; the entry is ours (taken above).
         let reader =
             unsafe { Reader::join(&self.shared.words, &**entry, self.slots.clone(), history) }
                 .expect("a model's writer moves its floor a few times at most");
         Rx {
             reader,
-            owner: index as u32 + 1,
+            owner: index as u64 + 1,
             _shared: self.shared.clone(),
         }
+    }
+}
+
+impl Ring {
+    /// Entry `index` of the reader table, for models that drive it directly.
+    pub fn entry(&self, index: usize) -> &ReaderEntry {
+        &self.shared.entries[index]
+    }
+
+    /// Attach a reader in entry `index` for `owner`, as the bus does when the entry's holder
+    /// `dead` is gone: take it over from `dead`, or, if an eviction freed it meanwhile, take it
+    /// free, waiting (yielding) while the eviction is under way. `None` if a live reader holds
+    /// it.
+    pub fn take_over(&self, index: usize, dead: u64, owner: u64) -> Option<Rx> {
+        let entry = &self.shared.entries[index];
+        loop {
+            if entry.take_over(dead, owner) || entry.try_take(owner) {
+                break;
+            }
+            if entry.owner() != EVICTING {
+                return None;
+            }
+            thread::yield_now();
+        }
+        // SAFETY: `Rx` keeps the entry and words alive; the entry is ours (taken above).
+        let reader = unsafe { Reader::join(&self.shared.words, &**entry, self.slots.clone(), 0) }
+            .expect("a model's writer moves its floor a few times at most");
+        Some(Rx {
+            reader,
+            owner,
+            _shared: self.shared.clone(),
+        })
     }
 }
 
@@ -143,7 +175,7 @@ pub struct Tx {
 #[derive(Debug)]
 pub struct Rx {
     reader: Reader<Slots>,
-    owner: u32,
+    owner: u64,
     _shared: Arc<Shared>,
 }
 

@@ -185,3 +185,30 @@ fn two_writers_in_two_lanes_reach_one_reader_each_in_its_order() {
         assert_eq!(readers[1].try_recv(), None);
     });
 }
+
+/// A writer evicts a dead reader while a new reader takes the dead one's entry over (the bus's
+/// `evict_dead` against `claim_entry`). Whatever the interleaving, exactly one of two things
+/// happens: the eviction wins and the newcomer takes the freed entry, or the newcomer wins and
+/// the eviction does nothing. Either way the newcomer ends registered (its head set) and owns
+/// the entry: an eviction never unregisters a live reader.
+#[test]
+fn an_eviction_never_unregisters_the_reader_that_took_the_entry_over() {
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 1);
+        let dead = ring.join(0, 0); // owner 1, registered, then never heard from again
+        drop(dead);
+        let evictor = thread::spawn({
+            let ring = ring.clone();
+            move || ring.entry(0).evict(1)
+        });
+        let newcomer = ring.take_over(0, 1, 2);
+        let evicted = evictor.join().unwrap();
+        let newcomer = newcomer.expect("the entry was the dead one's or free");
+        assert_eq!(ring.entry(0).owner(), 2, "evicted: {evicted}");
+        assert!(
+            ring.entry(0).head().is_some(),
+            "the newcomer's head was cleared (evicted: {evicted})"
+        );
+        drop(newcomer);
+    });
+}

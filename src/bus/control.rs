@@ -10,8 +10,9 @@
 //! Subscriber `i` holds entry `i` of every lane (taken in lane 0's table, mirrored in the
 //! others), so that each publisher sees every subscriber's position in its own ring.
 
-use crate::ring::broadcast::{ReaderEntry, Table, WriterWords};
-use crate::sync::{AtomicU32, Ordering};
+use crate::ring::broadcast::{ReaderEntry, Table, WriterWords, EVICTING};
+use crate::segment::{identity_alive, identity_pid};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::WaitCell;
 use crossbeam_utils::CachePadded;
 
@@ -32,8 +33,18 @@ pub(crate) struct TopicControl {
 #[derive(Debug, Default)]
 pub(crate) struct LaneControl {
     pub(crate) writer: CachePadded<WriterWords>,
-    /// Pid of the lane's publisher; 0 while the lane is free (never used, or closed).
-    pub(crate) owner: CachePadded<AtomicU32>,
+    pub(crate) owner: CachePadded<LaneOwner>,
+}
+
+/// Who writes a lane, and what it did to dead subscribers.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct LaneOwner {
+    /// Identity of the lane's publisher (`segment::identity_of`); 0 while the lane is free
+    /// (never used, or closed).
+    pub(crate) id: AtomicU64,
+    /// Subscribers this lane's publishers evicted because their process was dead.
+    pub(crate) evictions: AtomicU64,
 }
 
 /// One entry of a reader table, as it lies in shared memory.
@@ -110,40 +121,59 @@ impl Peers {
     }
 }
 
-/// Take a free entry of `table` for `pid`, or one whose holder is dead (a pid check;
-/// kernel-held liveness comes with the crash-handling work). Returns its index, or the pids of
-/// the holders when every entry is held by a live process.
-pub(crate) fn claim_entry(table: &Table, pid: u32) -> Result<usize, Vec<u32>> {
+/// Take a free entry of `table` for identity `me` (`segment::my_identity`), or one whose
+/// holder is dead (its pid gone, or reused by a process that started later). Returns its
+/// index, or the pids of the holders when every entry is held by a live process.
+pub(crate) fn claim_entry(table: &Table, me: u64) -> Result<usize, Vec<u32>> {
     let entries = table.entries();
     for (i, e) in entries.iter().enumerate() {
-        if e.try_take(pid) {
+        if e.try_take(me) {
             return Ok(i);
         }
     }
     let mut holders = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let holder = e.owner();
+        let mut holder = e.owner();
+        // A publisher is evicting the dead holder: two stores away from a free entry.
+        for _ in 0..EVICTION_PATIENCE {
+            if holder != EVICTING {
+                break;
+            }
+            std::thread::yield_now();
+            holder = e.owner();
+        }
         if holder == 0 {
-            if e.try_take(pid) {
+            if e.try_take(me) {
                 return Ok(i);
             }
             continue;
         }
-        if !process_alive(holder) && e.take_over(holder, pid) {
+        if holder != EVICTING && !identity_alive(holder) && e.take_over(holder, me) {
             return Ok(i);
         }
-        holders.push(holder);
+        holders.push(identity_pid(holder));
     }
     Err(holders)
 }
 
-fn process_alive(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
-        return false;
-    };
-    // ESRCH: no such process. EPERM: it exists (another user's).
-    !matches!(
-        rustix::process::test_kill_process(pid),
-        Err(rustix::io::Errno::SRCH)
-    )
+/// How many times a claimant yields for an eviction under way before it counts the entry as
+/// held. An entry stays [`EVICTING`] for good only if its evictor died between two stores.
+const EVICTION_PATIENCE: u32 = 1000;
+
+/// Evict the dead subscribers of `table` (a publisher's own lane) that hold it back: those
+/// registered at a head at least `min_lag` behind `tail`. Returns how many it evicted. Makes
+/// system calls (the liveness checks): for a publisher that found its ring full.
+pub(crate) fn evict_dead(table: &Table, tail: u64, min_lag: u64) -> u64 {
+    let mut evicted = 0;
+    for e in table.entries() {
+        let Some(head) = e.head() else { continue };
+        let holder = e.owner();
+        if tail.wrapping_sub(head) < min_lag || holder == 0 || holder == EVICTING {
+            continue;
+        }
+        if !identity_alive(holder) && e.evict(holder) {
+            evicted += 1;
+        }
+    }
+    evicted
 }

@@ -36,6 +36,9 @@ pub struct TopicInfo {
     pub published: u64,
     /// Its attached subscribers.
     pub subscribers: Vec<SubscriberInfo>,
+    /// Subscribers its publishers evicted because their process had died while they held the
+    /// ring back (Block).
+    pub evictions: u64,
 }
 
 /// One subscriber of a topic.
@@ -120,7 +123,11 @@ impl Bus {
         let subscribers = (0..max_readers as usize)
             .filter_map(|i| {
                 let first = &tables[0].entries()[i];
-                let pid = first.owner();
+                let owner = first.owner();
+                if owner == crate::ring::broadcast::EVICTING {
+                    return None;
+                }
+                let pid = crate::segment::identity_pid(owner);
                 let next_seq = first.head()?;
                 let (mut lag, mut lost) = (0, 0);
                 for (table, &tail) in tables.iter().zip(&tails) {
@@ -138,9 +145,13 @@ impl Bus {
             })
             .collect();
         let publishers = (0..lanes)
-            .map(|k| lane(k).owner.load(Ordering::Acquire))
-            .filter(|&pid| pid != 0)
+            .map(|k| lane(k).owner.id.load(Ordering::Acquire))
+            .filter(|&id| id != 0)
+            .map(crate::segment::identity_pid)
             .collect();
+        let evictions = (0..lanes)
+            .map(|k| lane(k).owner.evictions.load(Ordering::Relaxed))
+            .sum();
         Ok(TopicInfo {
             topic: topic.into(),
             fingerprint: open
@@ -156,6 +167,7 @@ impl Bus {
             publishers,
             published,
             subscribers,
+            evictions,
         })
     }
 }

@@ -169,7 +169,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         // SAFETY: lane 0 of `shape.max_readers` entries, counted in the control size.
         unsafe { control.lane(0, shape.max_readers) }
             .owner
-            .store(pid, Ordering::Relaxed);
+            .id
+            .store(segment::my_identity(), Ordering::Relaxed);
         // SAFETY: the segment is new (O_EXCL), mapped, page-aligned and larger than a header;
         // nobody can see it as ready before this call marks it so.
         unsafe { SegmentHeader::publish(base, &geometry, &shape, &fingerprint, pid) };
@@ -212,14 +213,31 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             // Its last publisher has left: the name is on its way out.
             return Err(OpenError::NotFound { topic: self.topic });
         }
-        let pid = std::process::id();
-        let lane = (0..geometry.lanes).find(|&k| {
+        let me = segment::my_identity();
+        let take = |k: u32, from: u64| {
             // SAFETY: `k < lanes`, counted in the validated control size.
-            let owner = &unsafe { control.lane(k, shape.max_readers) }.owner;
+            let owner = &unsafe { control.lane(k, shape.max_readers) }.owner.id;
             owner
-                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(from, me, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
-        });
+        };
+        // A free lane first; else the lane of a publisher whose process is dead, which goes on
+        // from where that one stopped (its subscribers' positions stay valid).
+        let mut lane = (0..geometry.lanes).find(|&k| take(k, 0));
+        if lane.is_none() {
+            lane = (0..geometry.lanes).find(|&k| {
+                // SAFETY: as above.
+                let holder = unsafe { control.lane(k, shape.max_readers) }
+                    .owner
+                    .id
+                    .load(Ordering::Acquire);
+                holder != 0 && !segment::identity_alive(holder) && take(k, holder)
+            });
+            if lane.is_some() {
+                // The dead publisher never took itself off the count: this one replaces it.
+                control.peers.leave();
+            }
+        }
         let Some(lane) = lane else {
             if control.peers.leave() {
                 // The others left meanwhile: the name goes with the last one out.
@@ -276,6 +294,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 writer,
                 control,
                 lane: &*lane_control.owner,
+                capacity: geometry.capacity,
                 policy: shape.policy,
                 wait: self.wait,
                 barrier_ok,
@@ -289,6 +308,10 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     }
 }
 
+/// How long a publisher waits on a full ring before it checks whether the subscribers that
+/// hold it back are alive (a few system calls each).
+pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
+
 /// Subscribers a topic admits at once unless its publisher asks for another number.
 pub const DEFAULT_MAX_SUBSCRIBERS: u32 = 8;
 
@@ -298,8 +321,9 @@ struct Inner {
     writer: Writer<MappedSlots>,
     /// Points into `Publisher::segment`'s mapping, which outlives it.
     control: *const TopicControl,
-    /// The owner word of this publisher's lane (in the mapping too).
-    lane: *const crate::sync::AtomicU32,
+    /// Who owns this publisher's lane, and its eviction count (in the mapping too).
+    lane: *const super::control::LaneOwner,
+    capacity: u64,
     policy: Policy,
     wait: WaitStrategy,
     barrier_ok: bool,
@@ -377,6 +401,9 @@ impl Inner {
         self.claim_slow(deadline)
     }
 
+    /// Waits for a slot (Block), in slices of [`LIVENESS_CHECK`]: after each slice in which
+    /// the ring stayed full, it evicts the subscribers that hold it back if their process is
+    /// dead, so that a killed subscriber stops its publisher for one slice at most.
     #[cold]
     fn claim_slow(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
         if self.policy == Policy::Fail {
@@ -386,13 +413,37 @@ impl Inner {
         // raw pointer leaves `self.writer` free for the closure.
         let control = unsafe { &*self.control };
         let (wait, barrier_ok) = (self.wait, self.barrier_ok);
-        let writer = &mut self.writer;
-        if wait::wait_until(wait, &control.space, barrier_ok, deadline, || {
-            writer.has_space()
-        }) {
-            self.try_claim().ok_or(LoanError::Timeout)
-        } else {
-            Err(LoanError::Timeout)
+        loop {
+            let slice = Instant::now() + LIVENESS_CHECK;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let writer = &mut self.writer;
+            if wait::wait_until(wait, &control.space, barrier_ok, Some(until), || {
+                writer.has_space()
+            }) {
+                if let Some(ptr) = self.try_claim() {
+                    return Ok(ptr);
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(LoanError::Timeout);
+            }
+            self.evict_dead();
+        }
+    }
+
+    /// Evict this lane's dead subscribers that lag by half the ring or more.
+    #[cold]
+    fn evict_dead(&mut self) {
+        let evicted = super::control::evict_dead(
+            self.writer.table(),
+            self.writer.next_seq(),
+            self.capacity / 2,
+        );
+        if evicted > 0 {
+            // SAFETY: the lane's owner words are in the mapping, which outlives `Inner`.
+            unsafe { &*self.lane }
+                .evictions
+                .fetch_add(evicted, Ordering::Relaxed);
         }
     }
 
@@ -642,7 +693,7 @@ impl<T: ?Sized> Drop for Publisher<T> {
         }
         // SAFETY: the lane's owner word is in the mapping, still mapped (`segment` is dropped
         // after this).
-        unsafe { &*self.inner.lane }.store(0, Ordering::Release);
+        unsafe { &*self.inner.lane }.id.store(0, Ordering::Release);
         // Release (inside `leave`): pairs with the subscriber's Acquire load in `poll_empty`:
         // every message committed before it is visible to a subscriber that sees the topic
         // closed.

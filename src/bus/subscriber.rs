@@ -105,7 +105,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         };
         // SAFETY: as above, for lane 0's table.
         let table = unsafe { lane(0).table(shape.max_readers) };
-        let me = std::process::id();
+        let me = crate::segment::my_identity();
         let index = claim_entry(&table, me).map_err(|pids| OpenError::TooManySubscribers {
             topic: self.topic.clone(),
             max: shape.max_readers,
@@ -721,7 +721,7 @@ impl<T: ?Sized> Subscriber<T> {
 impl<T: ?Sized> Drop for Subscriber<T> {
     fn drop(&mut self) {
         // Out of the tables first: a publisher waiting for this subscriber stops waiting.
-        let me = std::process::id();
+        let me = crate::segment::my_identity();
         self.reader.leave_entry(me);
         for reader in self.more.iter() {
             reader.leave_entry(me);

@@ -10,7 +10,7 @@
 //! |------|------------|---------|
 //! | `WriterWords::tail` | writer, after each commit | joiners (where to start), discovery (lag), lapped readers (where to resume) |
 //! | `WriterWords::floor` | writer, at each scan | joiners |
-//! | `ReaderEntry::owner` | a reader, to take or leave its entry (CAS) | readers, discovery |
+//! | `ReaderEntry::owner` | a reader, to take or leave its entry (CAS); a writer, to evict a dead one (CAS to [`EVICTING`], then 0) | readers, writer (when full), discovery |
 //! | `ReaderEntry::head` | its reader: `next seq + 1`, `0` while the entry is unused | writer (scans), discovery |
 //! | `ReaderEntry::lost` | its reader (Overwrite) | discovery |
 //!
@@ -43,7 +43,7 @@
 //! on open. No index is ever derived from a shared word without a mask.
 
 use super::{stamp_for, tag, SlotStorage};
-use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Attempts a joiner makes before it gives up on a writer whose floor moves every time (see
@@ -73,13 +73,16 @@ impl WriterWords {
     }
 }
 
+/// What an entry's `owner` holds while a writer evicts its dead reader: never an identity.
+pub const EVICTING: u64 = u64::MAX;
+
 /// One reader's entry in the table, on a line of its own.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct ReaderEntry {
-    /// Pid of the process holding the entry; 0 while free.
-    owner: AtomicU32,
-    _pad: AtomicU32,
+    /// Identity of the process holding the entry (its meaning is the caller's: the bus packs
+    /// a pid and a start time); 0 while free; [`EVICTING`] while a writer evicts it.
+    owner: AtomicU64,
     /// The reader's next sequence number plus one; 0 while it is not registered.
     head: AtomicU64,
     /// Messages this reader lost (Overwrite).
@@ -93,7 +96,7 @@ impl ReaderEntry {
     }
 
     /// Take this entry for `owner` (a non-zero id) if it is free.
-    pub fn try_take(&self, owner: u32) -> bool {
+    pub fn try_take(&self, owner: u64) -> bool {
         debug_assert_ne!(owner, 0);
         self.owner
             .compare_exchange(0, owner, Ordering::AcqRel, Ordering::Relaxed)
@@ -101,7 +104,7 @@ impl ReaderEntry {
     }
 
     /// Take this entry from `dead`, a holder known to be gone, for `owner`.
-    pub fn take_over(&self, dead: u32, owner: u32) -> bool {
+    pub fn take_over(&self, dead: u64, owner: u64) -> bool {
         self.owner
             .compare_exchange(dead, owner, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
@@ -109,13 +112,33 @@ impl ReaderEntry {
 
     /// Mark the entry held by `owner`, unconditionally: for the entries that mirror, in other
     /// lanes, an entry taken with [`ReaderEntry::try_take`].
-    pub fn set_owner(&self, owner: u32) {
+    pub fn set_owner(&self, owner: u64) {
         self.owner.store(owner, Ordering::Release);
     }
 
     /// Who holds the entry (0: nobody), as last written.
-    pub fn owner(&self) -> u32 {
+    pub fn owner(&self) -> u64 {
         self.owner.load(Ordering::Acquire)
+    }
+
+    /// Evict `dead`, a holder known to be gone: unregister its head, so that the writer stops
+    /// waiting for it, and free the entry. Returns whether it did (`false`: the entry changed
+    /// hands meanwhile, to a reader that is alive). The entry is [`EVICTING`] while its head is
+    /// cleared, so a joiner (which takes only a free entry or a dead holder's) cannot register
+    /// a head that the eviction then clears.
+    pub fn evict(&self, dead: u64) -> bool {
+        if dead == 0
+            || dead == EVICTING
+            || self
+                .owner
+                .compare_exchange(dead, EVICTING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.head.store(0, Ordering::Release);
+        self.owner.store(0, Ordering::Release);
+        true
     }
 
     /// The reader's next sequence number, if it is registered.
@@ -627,7 +650,7 @@ impl<S: SlotStorage> Reader<S> {
     }
 
     /// Unregister and free the entry, if `owner` still holds it.
-    pub fn leave_entry(&self, owner: u32) {
+    pub fn leave_entry(&self, owner: u64) {
         self.unregister();
         let _ = self
             .entry()
@@ -672,7 +695,7 @@ mod tests {
         }
 
         fn reader(&self, index: usize, history: u64) -> Reader<Slots> {
-            assert!(self.entries[index].try_take(index as u32 + 1));
+            assert!(self.entries[index].try_take(index as u64 + 1));
             // SAFETY: the parts outlive the reader; the entry was just taken.
             unsafe {
                 Reader::join(
