@@ -255,6 +255,16 @@ pub enum RecvError {
     /// The publisher closed the topic and every message it sent has been received.
     #[error("the publisher has closed the topic")]
     Disconnected,
+    /// The topic's publisher died without closing it (killed, or crashed), and every message
+    /// it published has been received. A new publisher may take its lane over
+    /// ([`PublisherBuilder::attach`](crate::PublisherBuilder::attach)); receiving then goes on.
+    /// Noticed by the blocking receives after `LIVENESS_CHECK` of waiting (`try_recv` makes no
+    /// system call, so it does not look).
+    #[error("the publisher (pid {pid}) died without closing the topic")]
+    PublisherGone {
+        /// Pid of the dead publisher (of one of them, with several lanes).
+        pid: u32,
+    },
     /// A message whose slot header is invalid (a buggy or hostile publisher). It was skipped;
     /// the next receive goes on with the next message.
     #[error("message {seq} is corrupt: length {len} where {expected} was allowed")]

@@ -433,8 +433,6 @@ fn dropping_the_publisher_wakes_a_sleeping_subscriber() {
 }
 
 #[test]
-#[ignore = "issue 4 (crash handling), not built yet: a SIGKILLed publisher is never reported (its pid stays in \
-            the control block); recv() waits forever"]
 fn a_killed_publisher_is_reported() {
     let prefix = common::unique_prefix("killed-publisher");
     let _cleanup = Cleanup::new(&prefix);
@@ -445,6 +443,13 @@ fn a_killed_publisher_is_reported() {
     );
     child.wait_for_line("READY");
     let mut subscriber = bus.subscriber::<Msg>("t").history(10).open().unwrap();
+    // And one that spins (another waiting path), with nothing to read.
+    let mut spinner = bus
+        .subscriber::<Msg>("t")
+        .wait(WaitStrategy::Spin)
+        .open()
+        .unwrap();
+    let child_pid = child.pid();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.pid() as i32).unwrap(),
         rustix::process::Signal::KILL,
@@ -457,13 +462,30 @@ fn a_killed_publisher_is_reported() {
         let sample = subscriber.recv_timeout(PARENT_POLL).unwrap().unwrap();
         assert!(check_message(seq, sample.seq(), &sample).is_none());
     }
-    // ...and then its death is reported rather than waited on.
-    let next = subscriber.recv_timeout(Duration::from_secs(5));
-    assert!(
-        next.is_err(),
-        "a dead publisher looks alive: {:?}",
-        next.map(|s| s.is_some())
-    );
+    // ...and then its death is reported rather than waited on, by every blocking receive.
+    let pid = child_pid;
+    for _ in 0..3 {
+        match subscriber.recv_timeout(CHILD_STALL) {
+            Err(RecvError::PublisherGone { pid: gone }) => assert_eq!(gone, pid),
+            other => panic!(
+                "a dead publisher looks alive: {:?}",
+                other.map(|s| s.is_some())
+            ),
+        }
+    }
+    match subscriber.recv() {
+        Err(RecvError::PublisherGone { pid: gone }) => assert_eq!(gone, pid),
+        other => panic!("recv: {:?}", other.map(|s| s.seq())),
+    }
+    match spinner.recv() {
+        Err(RecvError::PublisherGone { pid: gone }) => assert_eq!(gone, pid),
+        other => panic!("a spinning recv: {:?}", other.map(|s| s.seq())),
+    }
+    // A publisher that takes the dead one's lane over goes on where it stopped.
+    let mut heir = bus.publisher::<Msg>("t").attach().unwrap();
+    heir.send(message(10)).unwrap();
+    let sample = subscriber.recv_timeout(CHILD_STALL).unwrap().unwrap();
+    assert!(check_message(10, sample.seq(), &sample).is_none());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The subscribing side of a topic: open it, check it, receive messages in place.
 
 use super::control::{claim_entry, control_size, TopicControl};
-use super::publisher::AlignedWords;
+use super::publisher::{AlignedWords, LIVENESS_CHECK};
 use super::{payload::Payload, Bus};
 use crate::error::{OpenError, RecvError};
 use crate::layout::{
@@ -10,7 +10,7 @@ use crate::layout::{
 };
 use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready};
 use crate::ring::MappedSlots;
-use crate::segment::{Segment, SegmentError};
+use crate::segment::{identity_alive, identity_pid, Segment, SegmentError};
 use crate::sync::{spin_hint, Ordering};
 use crate::wait::{self, Futex, WaitStrategy};
 use std::marker::PhantomData;
@@ -152,6 +152,8 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         Ok(Subscriber {
             reader,
             more,
+            lanes,
+            max_readers: shape.max_readers,
             lane: 0,
             turn: 0,
             copy,
@@ -348,6 +350,9 @@ pub struct Subscriber<T: ?Sized> {
     lane: usize,
     /// The lane to look at first, next time (round robin, so that no publisher starves).
     turn: usize,
+    /// Lanes of the topic, and entries of each lane's table: where the lanes lie.
+    lanes: u32,
+    max_readers: u32,
     /// Overwrite: where each message is copied (and validated) before it is handed out.
     copy: Option<AlignedWords>,
     policy: Policy,
@@ -611,13 +616,49 @@ impl<T: ?Sized> Subscriber<T> {
             }
             let this = &*self;
             let control = this.control();
-            let arrived = wait::wait_until(wait, &control.data, this.barrier_ok, deadline, || {
-                // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
-                this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
-            });
+            // In slices, so that a publisher that died is noticed (see `check_publishers`).
+            let slice = Instant::now() + LIVENESS_CHECK;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let arrived =
+                wait::wait_until(wait, &control.data, this.barrier_ok, Some(until), || {
+                    // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
+                    this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
+                });
             if !arrived {
-                return self.poll();
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return self.poll();
+                }
+                self.check_publishers()?;
             }
+        }
+    }
+
+    /// Report the publishers gone when no lane has a live publisher, at least one of them
+    /// died without closing its lane (a closed topic is `Disconnected`, from `poll`), and
+    /// every message they published has been received. Makes system calls (liveness): called
+    /// only after [`LIVENESS_CHECK`] of waiting.
+    #[cold]
+    #[inline(never)]
+    fn check_publishers(&self) -> Result<(), RecvError> {
+        let mut dead = None;
+        for k in 0..self.lanes {
+            // SAFETY: `k < lanes`, counted in the validated control size; the mapping lives as
+            // long as `self`.
+            let id = unsafe { self.control().lane(k, self.max_readers) }
+                .owner
+                .id
+                .load(Ordering::Acquire);
+            if id == 0 {
+                continue;
+            }
+            if identity_alive(id) {
+                return Ok(());
+            }
+            dead = Some(identity_pid(id));
+        }
+        match dead {
+            Some(pid) if !self.has_news() => Err(RecvError::PublisherGone { pid }),
+            _ => Ok(()),
         }
     }
 
@@ -631,13 +672,27 @@ impl<T: ?Sized> Subscriber<T> {
     fn spin_until(&mut self, deadline: Option<Instant>, spins: u32) -> Result<Spun, RecvError> {
         const FULL_POLL_EVERY: u32 = 256;
         let mut i: u32 = 0;
+        // When to check that the publishers are alive (system calls): after each
+        // LIVENESS_CHECK of waiting, never on the way to a message.
+        let mut next_check: Option<Instant> = None;
         loop {
             if i % FULL_POLL_EVERY == 0 {
                 if let Some(ready) = self.poll()? {
                     return Ok(Spun::Ready(ready));
                 }
-                if i != 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(Spun::Deadline);
+                if i != 0 {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Ok(Spun::Deadline);
+                    }
+                    match next_check {
+                        None => next_check = Some(now + LIVENESS_CHECK),
+                        Some(at) if now >= at => {
+                            self.check_publishers()?;
+                            next_check = Some(now + LIVENESS_CHECK);
+                        }
+                        Some(_) => {}
+                    }
                 }
             } else if let Some(ready) = self.poll_ready() {
                 return Ok(Spun::Ready(ready));
