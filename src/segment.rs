@@ -324,6 +324,32 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.map.len() == 0
     }
+
+    /// Remove this segment's name, if the name still names this segment, under an exclusive
+    /// `flock` of it: two processes that both found it stale cannot remove it twice, nor the
+    /// second remove the segment that the first created under the same name after it.
+    /// `still_wanted` is asked again under the lock. Returns whether the name was removed.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if the lock or a check fails.
+    pub fn unlink_locked(&self, still_wanted: impl FnOnce() -> bool) -> Result<bool, SegmentError> {
+        use rustix::fs::{flock, fstat, FlockOperation};
+        flock(&self._file, FlockOperation::LockExclusive)
+            .map_err(|e| io_error("flock", &self.name, e))?;
+        let result = (|| {
+            let st = fstat(&self._file).map_err(|e| io_error("fstat", &self.name, e))?;
+            // Already unlinked: the name, if it exists, is someone else's new segment.
+            if st.st_nlink == 0 || !still_wanted() {
+                return Ok(false);
+            }
+            match unlink(&self.name) {
+                Ok(()) | Err(SegmentError::NotFound(_)) => Ok(true),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = flock(&self._file, FlockOperation::Unlock);
+        result
+    }
 }
 
 /// Remove the name `name`; mappings stay valid until unmapped.

@@ -489,8 +489,6 @@ fn a_killed_publisher_is_reported() {
 }
 
 #[test]
-#[ignore = "issue 4 (crash handling), not built yet: the topic of a SIGKILLed publisher stays behind, and creating \
-            it again is AlreadyExists"]
 fn the_topic_of_a_killed_publisher_is_replaced_on_create() {
     let prefix = common::unique_prefix("stale-topic");
     let _cleanup = Cleanup::new(&prefix);
@@ -508,4 +506,52 @@ fn the_topic_of_a_killed_publisher_is_replaced_on_create() {
     assert!(!child.finish().status.success());
     let created = bus.publisher::<Msg>("t").create();
     assert!(created.is_ok(), "{:?}", created.err());
+    // A live one is never replaced.
+    assert!(matches!(
+        bus.publisher::<Msg>("t").create(),
+        Err(shmbus::CreateError::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn clean_removes_the_topics_of_dead_processes_and_only_those() {
+    let prefix = common::unique_prefix("clean");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let live = bus.publisher::<Msg>("live").create().unwrap();
+    // A subscriber alone keeps a topic alive too, once its publisher is gone.
+    let mut child = ChildProc::spawn(
+        "pub-then-hang",
+        &[("prefix", &prefix), ("topic", "dead"), ("count", "1")],
+    );
+    child.wait_for_line("READY");
+    let mut orphan = ChildProc::spawn(
+        "pub-then-hang",
+        &[("prefix", &prefix), ("topic", "watched"), ("count", "1")],
+    );
+    orphan.wait_for_line("READY");
+    let watcher = bus.subscriber::<Msg>("watched").open().unwrap();
+    for c in [&child, &orphan] {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(c.pid() as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    }
+    assert!(!child.finish().status.success());
+    assert!(!orphan.finish().status.success());
+    assert_eq!(bus.clean(true).unwrap(), ["dead"], "a dry run lists");
+    assert_eq!(bus.clean(true).unwrap(), ["dead"], "and removes nothing");
+    assert_eq!(bus.clean(false).unwrap(), ["dead"]);
+    assert!(bus.clean(false).unwrap().is_empty());
+    let left: Vec<_> = bus
+        .topics()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.unwrap().topic)
+        .collect();
+    assert_eq!(left, ["live", "watched"]);
+    drop(watcher);
+    assert_eq!(bus.clean(false).unwrap(), ["watched"]);
+    drop(live);
 }

@@ -2,7 +2,7 @@
 //! subscriber is and what it lost. Read from the segments themselves (no registry to fall out
 //! of step), with the same checks a subscriber runs; nothing is written.
 
-use super::subscriber::open_topic;
+use super::subscriber::{open_topic, OpenTopic};
 use super::Bus;
 use crate::error::{BusError, OpenError};
 use crate::layout::{Policy, TypeFingerprint};
@@ -77,22 +77,7 @@ impl Bus {
     /// # Errors
     /// [`BusError::List`] if the shared-memory directory cannot be read.
     pub fn topics(&self) -> Result<Vec<Result<TopicInfo, OpenError>>, BusError> {
-        let list = |source| BusError::List {
-            dir: SHM_DIR.into(),
-            source,
-        };
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(SHM_DIR).map_err(list)? {
-            let entry = entry.map_err(list)?;
-            if let Some(topic) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix(&self.prefix))
-            {
-                names.push(topic.to_string());
-            }
-        }
-        names.sort();
+        let names = self.topic_names()?;
         Ok(names
             .into_iter()
             .map(|topic| self.topic_info(&topic))
@@ -169,5 +154,79 @@ impl Bus {
             subscribers,
             evictions,
         })
+    }
+}
+
+/// Whether a topic's segment is stale: no process that holds one of its lanes or one of its
+/// subscriber entries is alive (pid and start time). Makes system calls.
+pub(crate) fn is_stale(open: &OpenTopic) -> bool {
+    let control = open.control();
+    let (max_readers, lanes) = (open.shape.max_readers, open.geometry.lanes);
+    (0..lanes).all(|k| {
+        // SAFETY: `k < lanes`, counted in the validated control size; `open` keeps the mapping.
+        let lane = unsafe { control.lane(k, max_readers) };
+        let held = |id: u64| id != 0 && id != crate::ring::broadcast::EVICTING;
+        let owner = lane.owner.id.load(Ordering::Acquire);
+        if held(owner) && crate::segment::identity_alive(owner) {
+            return false;
+        }
+        // SAFETY: as above.
+        let table = unsafe { lane.table(max_readers) };
+        table.entries().iter().all(|e| {
+            let id = e.owner();
+            !held(id) || !crate::segment::identity_alive(id)
+        })
+    })
+}
+
+impl Bus {
+    /// Remove the segments of this bus (this user's, under its prefix) whose every publisher and
+    /// subscriber is dead: what processes killed before they could close their topics left
+    /// behind. A segment with any live process on it is never touched, nor one that does not
+    /// validate (another format version, a corrupt or unfinished header: not this build's to
+    /// judge). With `dry_run`, only lists them. Returns the topics removed (or to remove).
+    ///
+    /// # Errors
+    /// [`BusError::List`] if the shared-memory directory cannot be read.
+    pub fn clean(&self, dry_run: bool) -> Result<Vec<String>, BusError> {
+        let mut removed = Vec::new();
+        for name in self.topic_names()? {
+            let Ok(open) = open_topic(self, &name) else {
+                continue;
+            };
+            if !is_stale(&open) {
+                continue;
+            }
+            if dry_run
+                || open
+                    .segment
+                    .unlink_locked(|| is_stale(&open))
+                    .unwrap_or(false)
+            {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The topic names under this bus's prefix, sorted.
+    fn topic_names(&self) -> Result<Vec<String>, BusError> {
+        let list = |source| BusError::List {
+            dir: SHM_DIR.into(),
+            source,
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(SHM_DIR).map_err(list)? {
+            let entry = entry.map_err(list)?;
+            if let Some(topic) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&self.prefix))
+            {
+                names.push(topic.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 }

@@ -146,18 +146,22 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             self.history,
             geometry.capacity,
         )?;
-        let segment =
-            Segment::create(&name, geometry.total_size, self.bus.access).map_err(|e| match e {
-                SegmentError::AlreadyExists(_) => CreateError::AlreadyExists {
-                    topic: self.topic.clone(),
-                },
-                SegmentError::NoSpace { needed, available } => CreateError::NoSpace {
-                    topic: self.topic.clone(),
-                    needed,
-                    available,
-                },
-                e => CreateError::Segment(e),
-            })?;
+        let mut segment = Segment::create(&name, geometry.total_size, self.bus.access);
+        if matches!(segment, Err(SegmentError::AlreadyExists(_))) && self.remove_if_stale() {
+            // What a killed publisher left behind, removed: create it afresh.
+            segment = Segment::create(&name, geometry.total_size, self.bus.access);
+        }
+        let segment = segment.map_err(|e| match e {
+            SegmentError::AlreadyExists(_) => CreateError::AlreadyExists {
+                topic: self.topic.clone(),
+            },
+            SegmentError::NoSpace { needed, available } => CreateError::NoSpace {
+                topic: self.topic.clone(),
+                needed,
+                available,
+            },
+            e => CreateError::Segment(e),
+        })?;
         let fingerprint = T::fingerprint(self.type_name.as_deref());
         let pid = std::process::id();
         let base = segment.base().as_ptr();
@@ -175,6 +179,18 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         // nobody can see it as ready before this call marks it so.
         unsafe { SegmentHeader::publish(base, &geometry, &shape, &fingerprint, pid) };
         Ok(self.start(segment, geometry, shape, 0))
+    }
+
+    /// Remove the topic's segment if every process on it is dead (see [`Bus::clean`]).
+    fn remove_if_stale(&self) -> bool {
+        let Ok(open) = open_topic(self.bus, &self.topic) else {
+            return false;
+        };
+        super::discovery::is_stale(&open)
+            && open
+                .segment
+                .unlink_locked(|| super::discovery::is_stale(&open))
+                .unwrap_or(false)
     }
 
     /// Join the existing topic as one more publisher, in a lane of its own: subscribers
