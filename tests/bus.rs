@@ -553,11 +553,7 @@ fn a_killed_subscriber_is_evicted_and_its_publisher_goes_on() {
         (CAPACITY..=10 + CAPACITY).contains(&seq),
         "full a lap past the child's position: {seq}"
     );
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(doomed.pid() as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    doomed.kill();
     assert!(!doomed.finish().status.success());
     // The blocked publisher finds the dead subscriber and evicts it (within a slice of
     // LIVENESS_CHECK), then goes on; the live subscriber misses nothing.

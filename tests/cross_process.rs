@@ -450,11 +450,7 @@ fn a_killed_publisher_is_reported() {
         .open()
         .unwrap();
     let child_pid = child.pid();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.pid() as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    child.kill();
     let out = child.finish();
     assert!(!out.status.success());
     // What it sent before it died is still delivered...
@@ -498,11 +494,7 @@ fn the_topic_of_a_killed_publisher_is_replaced_on_create() {
         &[("prefix", &prefix), ("topic", "t"), ("count", "1")],
     );
     child.wait_for_line("READY");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.pid() as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    child.kill();
     assert!(!child.finish().status.success());
     let created = bus.publisher::<Msg>("t").create();
     assert!(created.is_ok(), "{:?}", created.err());
@@ -532,11 +524,7 @@ fn clean_removes_the_topics_of_dead_processes_and_only_those() {
     orphan.wait_for_line("READY");
     let watcher = bus.subscriber::<Msg>("watched").open().unwrap();
     for c in [&child, &orphan] {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(c.pid() as i32).unwrap(),
-            rustix::process::Signal::KILL,
-        )
-        .unwrap();
+        c.kill();
     }
     assert!(!child.finish().status.success());
     assert!(!orphan.finish().status.success());

@@ -269,6 +269,16 @@ impl ChildProc {
         self.child.id()
     }
 
+    /// Kill the child with SIGKILL, as a crash would (it runs no destructor); reap it with
+    /// `finish`.
+    pub fn kill(&self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.pid() as i32).expect("a child's pid"),
+            rustix::process::Signal::KILL,
+        )
+        .expect("kill the child");
+    }
+
     /// Wait for a stdout line holding `prefix` and return it, from `prefix` on.
     ///
     /// # Panics
