@@ -258,8 +258,8 @@ pub enum RecvError {
     /// The topic's publisher died without closing it (killed, or crashed), and every message
     /// it published has been received. A new publisher may take its lane over
     /// ([`PublisherBuilder::attach`](crate::PublisherBuilder::attach)); receiving then goes on.
-    /// Noticed by the blocking receives after `LIVENESS_CHECK` of waiting (`try_recv` makes no
-    /// system call, so it does not look).
+    /// Noticed by the blocking receives after 10 ms to 640 ms of waiting (the longer they have
+    /// slept, the less often they look); `try_recv` makes no system call, so it does not look.
     #[error("the publisher (pid {pid}) died without closing the topic")]
     PublisherGone {
         /// Pid of the dead publisher (of one of them, with several lanes).

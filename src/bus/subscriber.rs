@@ -320,6 +320,9 @@ pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError>
     })
 }
 
+/// The longest a sleeping subscriber goes without checking that its publishers are alive.
+const MAX_LIVENESS_SLICE: Duration = Duration::from_millis(640);
+
 /// How a spin ended.
 enum Spun {
     Ready(Ready),
@@ -610,15 +613,19 @@ impl<T: ?Sized> Subscriber<T> {
                 }
             }
         }
+        // In slices, so that a publisher that died is noticed (see `check_publishers`): the
+        // first of LIVENESS_CHECK, each next one twice as long up to MAX_LIVENESS_SLICE, so that
+        // a subscriber asleep on a quiet topic does not wake a hundred times a second.
+        let mut slice = LIVENESS_CHECK;
         loop {
             if let Some(ready) = self.poll()? {
                 return Ok(Some(ready));
             }
             let this = &*self;
             let control = this.control();
-            // In slices, so that a publisher that died is noticed (see `check_publishers`).
-            let slice = Instant::now() + LIVENESS_CHECK;
-            let until = deadline.map_or(slice, |d| d.min(slice));
+            let slice_end = Instant::now() + slice;
+            slice = (slice * 2).min(MAX_LIVENESS_SLICE);
+            let until = deadline.map_or(slice_end, |d| d.min(slice_end));
             let arrived =
                 wait::wait_until(wait, &control.data, this.barrier_ok, Some(until), || {
                     // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
