@@ -255,9 +255,11 @@ pub enum RecvError {
     /// The publisher closed the topic and every message it sent has been received.
     #[error("the publisher has closed the topic")]
     Disconnected,
-    /// The topic's publisher died without closing it (killed, or crashed), and every message
-    /// it published has been received. A new publisher may take its lane over
-    /// ([`PublisherBuilder::attach`](crate::PublisherBuilder::attach)); receiving then goes on.
+    /// A publisher of the topic died without closing its lane (killed, or crashed), and every
+    /// message it published has been received. Reported once while other publishers live on
+    /// (receiving goes on with them), and on every call once none does. A new publisher may
+    /// take the dead one's lane over ([`PublisherBuilder::attach`](crate::PublisherBuilder::attach));
+    /// receiving then goes on.
     /// Noticed by the blocking receives after 10 ms to 640 ms of waiting (the longer they have
     /// slept, the less often they look); `try_recv` makes no system call, so it does not look.
     #[error("the publisher (pid {pid}) died without closing the topic")]

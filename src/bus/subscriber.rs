@@ -154,6 +154,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             more,
             lanes,
             max_readers: shape.max_readers,
+            reported_dead: vec![0; lanes as usize].into_boxed_slice(),
             lane: 0,
             turn: 0,
             copy,
@@ -356,6 +357,8 @@ pub struct Subscriber<T: ?Sized> {
     /// Lanes of the topic, and entries of each lane's table: where the lanes lie.
     lanes: u32,
     max_readers: u32,
+    /// Per lane, the dead publisher already reported (`RecvError::PublisherGone`), 0 if none.
+    reported_dead: Box<[u64]>,
     /// Overwrite: where each message is copied (and validated) before it is handed out.
     copy: Option<AlignedWords>,
     policy: Policy,
@@ -550,14 +553,18 @@ impl<T: ?Sized> Subscriber<T> {
     /// Overwrite a message or the news that some were lost.
     #[inline]
     fn has_news(&self) -> bool {
-        let news = |r: &Reader<MappedSlots>| {
-            if self.copy.is_some() {
-                r.has_news()
-            } else {
-                !matches!(r.peek(), Peek::Empty)
-            }
-        };
-        news(&self.reader) || self.more.iter().any(news)
+        (0..=self.more.len()).any(|lane| self.lane_has_news(lane))
+    }
+
+    /// The same, in one lane.
+    #[inline]
+    fn lane_has_news(&self, lane: usize) -> bool {
+        let r = self.lane_reader(lane);
+        if self.copy.is_some() {
+            r.has_news()
+        } else {
+            !matches!(r.peek(), Peek::Empty)
+        }
     }
 
     /// Be done with the message last handed out (Block: give its slot back; under Overwrite
@@ -640,14 +647,15 @@ impl<T: ?Sized> Subscriber<T> {
         }
     }
 
-    /// Report the publishers gone when no lane has a live publisher, at least one of them
-    /// died without closing its lane (a closed topic is `Disconnected`, from `poll`), and
-    /// every message they published has been received. Makes system calls (liveness): called
-    /// only after [`LIVENESS_CHECK`] of waiting.
+    /// Report a publisher that died without closing its lane, once every message it
+    /// published has been received: once per dead publisher while others live on (receiving
+    /// then goes on with them), and on every call once no lane has a live publisher (as
+    /// `Disconnected` is for a closed topic). Makes system calls (liveness): called only after
+    /// [`LIVENESS_CHECK`] or more of waiting.
     #[cold]
     #[inline(never)]
-    fn check_publishers(&self) -> Result<(), RecvError> {
-        let mut dead = None;
+    fn check_publishers(&mut self) -> Result<(), RecvError> {
+        let (mut any_alive, mut any_dead, mut newly_dead) = (false, None, None);
         for k in 0..self.lanes {
             // SAFETY: `k < lanes`, counted in the validated control size; the mapping lives as
             // long as `self`.
@@ -659,13 +667,29 @@ impl<T: ?Sized> Subscriber<T> {
                 continue;
             }
             if identity_alive(id) {
-                return Ok(());
+                any_alive = true;
+                continue;
             }
-            dead = Some(identity_pid(id));
+            any_dead = Some(identity_pid(id));
+            let lane = k as usize;
+            if self.reported_dead[lane] != id && !self.lane_has_news(lane) {
+                newly_dead = Some((lane, id));
+            }
         }
-        match dead {
-            Some(pid) if !self.has_news() => Err(RecvError::PublisherGone { pid }),
-            _ => Ok(()),
+        if !any_alive {
+            return match any_dead {
+                Some(pid) if !self.has_news() => Err(RecvError::PublisherGone { pid }),
+                _ => Ok(()),
+            };
+        }
+        match newly_dead {
+            Some((lane, id)) => {
+                self.reported_dead[lane] = id;
+                Err(RecvError::PublisherGone {
+                    pid: identity_pid(id),
+                })
+            }
+            None => Ok(()),
         }
     }
 

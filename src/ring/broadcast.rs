@@ -217,7 +217,20 @@ impl<S: SlotStorage> Writer<S> {
         let capacity = storage.capacity();
         debug_assert!(history < capacity);
         // SAFETY: valid per the contract.
-        let tail = unsafe { &*words }.tail.load(Ordering::Acquire);
+        let mut tail = unsafe { &*words }.tail.load(Ordering::Acquire);
+        // A writer killed between a commit and the store of the tail left the tail one short:
+        // the slots say which messages were committed. Going on from the stale tail would
+        // rewrite a committed message, perhaps under a reader of it. (Bounded: a lap at most,
+        // whatever the slots hold.)
+        for _ in 0..capacity {
+            let tag = storage
+                .tag((tail & (capacity - 1)) as usize)
+                .load(Ordering::Acquire);
+            if tag as u32 != stamp_for(tail) || (tag >> 32) as u32 == BUSY {
+                break;
+            }
+            tail = tail.wrapping_add(1);
+        }
         let mut w = Self {
             words,
             table,
@@ -842,6 +855,32 @@ mod tests {
         assert_eq!(r.lost(), 6);
         assert_eq!(p.entries[0].lost(), 6);
         assert!(!r.has_news());
+    }
+
+    #[test]
+    fn a_new_writer_goes_on_after_the_last_committed_message_even_if_the_tail_lags() {
+        let p = parts(8, 1);
+        let mut r = p.reader(0, 0);
+        let mut w = p.writer(0, false);
+        for v in 0..5 {
+            assert!(send(&mut w, v));
+        }
+        drop(w);
+        // The writer died after committing message 4 but before storing the tail.
+        p.words.tail.store(4, Ordering::Relaxed);
+        let mut heir = p.writer(0, false);
+        assert_eq!(heir.next_seq(), 5, "message 4 is not written again");
+        assert!(send(&mut heir, 5));
+        let got: Vec<_> = std::iter::from_fn(|| recv(&mut r)).collect();
+        assert_eq!(got, [0, 1, 2, 3, 4, 5]);
+        // An Overwrite writer killed while rewriting a slot (busy) did not commit it.
+        let p = parts(4, 1);
+        let mut w = p.writer(0, true);
+        w.publish_words(&[7], 8);
+        let busy = (BUSY as u64) << 32 | stamp_for(1) as u64;
+        p.slots.tag(1).store(busy, Ordering::Relaxed);
+        drop(w);
+        assert_eq!(p.writer(0, true).next_seq(), 1);
     }
 
     #[test]

@@ -1,0 +1,135 @@
+//! Fault injection: publishers killed with SIGKILL at random points of a stream, over and over.
+//! Each kill is checked: every message delivered before it is whole and in its place, the
+//! subscriber is told the publisher is gone (never left waiting), and the next publisher takes
+//! the dead one's lane over and the sequence goes on.
+
+mod common;
+
+use common::msg::{check_message, message, Msg};
+use common::{arg, exit_child, say, ChildProc, Cleanup, CHILD_STALL};
+use shmbus::{Bus, RecvError, WaitStrategy};
+
+/// Kills per run: the issue asks for at least 1,000 in CI's time (each costs a process start
+/// and a liveness slice, ~20-30 ms).
+const KILLS: u32 = 1000;
+
+#[test]
+fn child_entry() {
+    let Some(role) = common::child_role() else {
+        return;
+    };
+    let code = match role.as_str() {
+        "publish-forever" => child_publish_forever(),
+        other => panic!("unknown child role {other}"),
+    };
+    exit_child(code)
+}
+
+/// Take over a lane of topic `topic` (the dead predecessor's), say where its numbering goes on,
+/// and publish consecutive messages until killed.
+fn child_publish_forever() -> i32 {
+    let bus = Bus::builder()
+        .prefix(&arg("prefix"))
+        .build()
+        .expect("valid prefix");
+    let mut publisher = bus
+        .publisher::<Msg>(&arg("topic"))
+        .wait(WaitStrategy::Spin)
+        .attach()
+        .expect("take the dead publisher's lane over");
+    say(&format!("READY next={}", publisher.next_seq()));
+    loop {
+        let seq = publisher.next_seq();
+        if publisher.send_timeout(message(seq), CHILD_STALL).is_err() {
+            eprintln!("no free slot for {CHILD_STALL:?} at {seq}");
+            return 1;
+        }
+    }
+}
+
+/// A small xorshift, seeded from the clock: where in the stream each kill lands.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn publishers_killed_at_random_points_never_show_a_torn_message_nor_leave_a_subscriber_waiting() {
+    let prefix = common::unique_prefix("kills");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    // This process holds lane 0 (idle) so that the topic outlives every child; the children
+    // take lane 1 in turn, each from the dead one before it.
+    let _holder = bus
+        .publisher::<Msg>("t")
+        .capacity(256)
+        .max_publishers(2)
+        .create()
+        .unwrap();
+    let mut subscriber = bus
+        .subscriber::<Msg>("t")
+        .wait(WaitStrategy::Spin)
+        .open()
+        .unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed:#x}");
+    let mut rng = Rng(seed);
+    let (mut next, mut received, mut mid_stream) = (0u64, 0u64, 0u32);
+    for kill in 0..KILLS {
+        let mut child = ChildProc::spawn("publish-forever", &[("prefix", &prefix), ("topic", "t")]);
+        let ready = child.wait_for_line("READY");
+        assert_eq!(
+            ready,
+            format!("READY next={next}"),
+            "kill {kill}: the lane goes on"
+        );
+        // Let it run for a random number of messages (0 to ~2 ring laps), reading as it goes.
+        let target = next + rng.next() % 512;
+        while next < target {
+            match subscriber.recv_timeout(CHILD_STALL) {
+                Ok(Some(sample)) => {
+                    assert_eq!(sample.lane(), 1);
+                    if let Some(e) = check_message(next, sample.seq(), &sample) {
+                        panic!("kill {kill} (seed {seed:#x}): {e}");
+                    }
+                    next += 1;
+                    received += 1;
+                }
+                other => panic!("kill {kill}: {:?}", other.map(|s| s.is_some())),
+            }
+        }
+        child.kill();
+        assert!(!child.finish().status.success());
+        // Whatever it had published is delivered, whole and in order; then it is reported gone.
+        loop {
+            match subscriber.recv_timeout(CHILD_STALL) {
+                Ok(Some(sample)) => {
+                    if let Some(e) = check_message(next, sample.seq(), &sample) {
+                        panic!("kill {kill} (seed {seed:#x}), after the kill: {e}");
+                    }
+                    next += 1;
+                    received += 1;
+                    mid_stream += 1;
+                }
+                Err(RecvError::PublisherGone { .. }) => break,
+                other => panic!("kill {kill}: {:?}", other.map(|s| s.is_some())),
+            }
+        }
+    }
+    assert_eq!(received, next);
+    // Most kills land while the child is writing or waiting for room: some messages are still
+    // in flight after them. (Printed, not asserted: where a kill lands is up to the scheduler.)
+    eprintln!(
+        "{KILLS} kills, {received} messages, {mid_stream} received after their publisher was killed"
+    );
+}
