@@ -13,7 +13,7 @@
 //! This layer knows nothing of headers or rings: it hands out a mapped region of bytes.
 
 use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::Mode;
+use rustix::fs::{flock, FlockOperation, Mode};
 use rustix::io::Errno;
 use rustix::shm;
 use std::fs::File;
@@ -214,6 +214,11 @@ impl Segment {
         })?;
         let file = File::from(fd);
         let finish = || -> Result<Self, SegmentError> {
+            // Shared for as long as this process has the segment open: the kernel drops it when
+            // the process dies, so a segment that nobody holds a lock on has no live process
+            // (see `unlink_locked`). Taken before anything else, so that an unfinished segment
+            // is held too.
+            flock(&file, FlockOperation::LockShared).map_err(|e| io_error("flock", name, e))?;
             // The umask may have removed bits we want, and we never want more than asked.
             rustix::fs::fchmod(&file, Mode::from_raw_mode(access.mode()))
                 .map_err(|e| io_error("fchmod", name, e))?;
@@ -275,6 +280,8 @@ impl Segment {
             });
         }
         let size = st.st_size as u64;
+        // Held while mapped, as by the creator (see `create`).
+        flock(&fd, FlockOperation::LockShared).map_err(|e| io_error("flock", name, e))?;
         if !(min_size..=max_size).contains(&size) {
             return Err(SegmentError::BadSize {
                 name: name.into(),
@@ -325,17 +332,25 @@ impl Segment {
         self.map.len() == 0
     }
 
-    /// Remove this segment's name, if the name still names this segment, under an exclusive
-    /// `flock` of it: two processes that both found it stale cannot remove it twice, nor the
-    /// second remove the segment that the first created under the same name after it.
-    /// `still_wanted` is asked again under the lock. Returns whether the name was removed.
+    /// Remove this segment's name if no other process has it open, and the name still names
+    /// it. Every process that creates or opens a segment holds a shared `flock` on it while it
+    /// has it (the kernel drops it when the process dies); this takes an exclusive one without
+    /// waiting, which succeeds only if nobody else holds any: no live process is using the
+    /// segment, and no other cleaner is at it. Two processes that both found it stale cannot
+    /// remove it twice, nor the second remove the segment that the first created under the
+    /// same name after it. `still_wanted` is asked again under the lock. Returns whether the
+    /// name was removed.
     ///
     /// # Errors
-    /// [`SegmentError::Io`] if the lock or a check fails.
+    /// [`SegmentError::Io`] if a check fails.
     pub fn unlink_locked(&self, still_wanted: impl FnOnce() -> bool) -> Result<bool, SegmentError> {
-        use rustix::fs::{flock, fstat, FlockOperation};
-        flock(&self._file, FlockOperation::LockExclusive)
-            .map_err(|e| io_error("flock", &self.name, e))?;
+        use rustix::fs::fstat;
+        if flock(&self._file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            // Someone else has it: alive, or cleaning it. (Converting our shared lock may have
+            // dropped it: take it back.)
+            let _ = flock(&self._file, FlockOperation::LockShared);
+            return Ok(false);
+        }
         let result = (|| {
             let st = fstat(&self._file).map_err(|e| io_error("fstat", &self.name, e))?;
             // Already unlinked: the name, if it exists, is someone else's new segment.
@@ -347,8 +362,25 @@ impl Segment {
                 Err(e) => Err(e),
             }
         })();
-        let _ = flock(&self._file, FlockOperation::Unlock);
+        let _ = flock(&self._file, FlockOperation::LockShared);
         result
+    }
+
+    /// Whether no other process holds the segment (see [`Segment::unlink_locked`]).
+    pub fn is_unheld(&self) -> bool {
+        let unheld = flock(&self._file, FlockOperation::NonBlockingLockExclusive).is_ok();
+        let _ = flock(&self._file, FlockOperation::LockShared);
+        unheld
+    }
+
+    /// How long ago the segment was last changed (its `ctime`): an unfinished segment
+    /// (`NotReady`) is judged only once it is old enough that its creator cannot be merely
+    /// slow (see `create`'s lock, taken a few system calls after the name appears).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let st = rustix::fs::fstat(&self._file).ok()?;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(st.st_ctime as u64, st.st_ctime_nsec as u32);
+        std::time::SystemTime::now().duration_since(changed).ok()
     }
 }
 

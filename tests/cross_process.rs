@@ -66,6 +66,7 @@ fn child_entry() {
         "sub-bytes" => child_subscribe_bytes(),
         "pub-typed" => child_publish_typed(),
         "pub-then-hang" => child_publish_then_hang(),
+        "hold-unfinished" => child_hold_unfinished(),
         other => panic!("unknown child role {other}"),
     };
     exit_child(code)
@@ -198,6 +199,33 @@ fn child_publish_typed() -> i32 {
     drop(publisher);
     say(&format!("RESULT sent={count}"));
     0
+}
+
+/// A zero-filled file of 4 KiB, owner-only, as a creator leaves its segment before it writes
+/// the header.
+fn unfinished_segment(path: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create the segment");
+    file.set_len(4096).expect("size it");
+    file
+}
+
+/// Make segment `segment` as a creator does before it writes the header (a zero-filled file,
+/// held with a shared `flock`), say so, and wait to be killed: a creator that is slow, or
+/// stuck, but alive.
+fn child_hold_unfinished() -> i32 {
+    let file = unfinished_segment(&format!("/dev/shm/{}", arg("segment")));
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared).expect("hold it");
+    say("READY");
+    std::thread::sleep(CHILD_STALL);
+    drop(file);
+    1
 }
 
 /// Create a topic, publish `count` messages, say so, and wait to be killed.
@@ -542,4 +570,44 @@ fn clean_removes_the_topics_of_dead_processes_and_only_those() {
     drop(watcher);
     assert_eq!(bus.clean(false).unwrap(), ["watched"]);
     drop(live);
+}
+
+#[test]
+fn an_unfinished_segment_is_replaced_once_old_and_unheld_and_never_while_held() {
+    let prefix = common::unique_prefix("unfinished");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    // A creator killed before it wrote the header: its name, zero-filled, held by nobody.
+    drop(unfinished_segment(&format!("/dev/shm/{prefix}orphan")));
+    // A creator still at work (alive, holding its segment).
+    let mut busy = ChildProc::spawn(
+        "hold-unfinished",
+        &[("segment", &format!("{prefix}busy"))],
+    );
+    busy.wait_for_line("READY");
+    // Young, both are only "not ready": an opener retries, a creator is refused.
+    assert!(matches!(
+        bus.subscriber::<Msg>("orphan").open(),
+        Err(shmbus::OpenError::NotReady { .. })
+    ));
+    assert!(matches!(
+        bus.publisher::<Msg>("orphan").create(),
+        Err(shmbus::CreateError::AlreadyExists { .. })
+    ));
+    assert!(bus.clean(true).unwrap().is_empty(), "too young to judge");
+    // Once older than the grace (1 s; the creator locks its segment a few system calls after
+    // its name appears), the orphan is stale and the held one is not.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(bus.clean(true).unwrap(), ["orphan"]);
+    let created = bus.publisher::<Msg>("orphan").create();
+    assert!(created.is_ok(), "{:?}", created.err());
+    assert!(matches!(
+        bus.publisher::<Msg>("busy").create(),
+        Err(shmbus::CreateError::AlreadyExists { .. })
+    ));
+    assert!(bus.clean(false).unwrap().is_empty());
+    busy.kill();
+    assert!(!busy.finish().status.success());
+    // Its creator dead, the held one is released by the kernel: now it goes.
+    assert_eq!(bus.clean(false).unwrap(), ["busy"]);
 }

@@ -157,6 +157,53 @@ impl Bus {
     }
 }
 
+/// How old an unfinished segment (`NotReady`) must be before it can be judged stale: its
+/// creator takes its lock a few system calls after the name appears, so a younger one may
+/// belong to a creator that is merely slow.
+const UNFINISHED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Remove topic `topic`'s segment if it is stale (or, with `dry_run`, say whether it is):
+/// a segment that validates and whose processes are all dead, or an unfinished one
+/// (`NotReady`) older than [`UNFINISHED_GRACE`] that no process holds. Either way the removal
+/// itself succeeds only if no process holds the segment's lock (see
+/// `Segment::unlink_locked`). Segments that do not validate otherwise are never touched.
+pub(crate) fn remove_if_stale(bus: &Bus, topic: &str, dry_run: bool) -> bool {
+    match open_topic(bus, topic) {
+        Ok(open) => {
+            is_stale(&open)
+                && if dry_run {
+                    open.segment.is_unheld()
+                } else {
+                    open.segment
+                        .unlink_locked(|| is_stale(&open))
+                        .unwrap_or(false)
+                }
+        }
+        Err(OpenError::NotReady { .. }) => {
+            let Ok(name) = bus.segment_name(topic) else {
+                return false;
+            };
+            let Ok(segment) = crate::segment::Segment::open(
+                &name,
+                bus.access,
+                0,
+                crate::layout::MAX_SEGMENT_SIZE,
+            ) else {
+                return false;
+            };
+            if segment.age().is_none_or(|age| age < UNFINISHED_GRACE) {
+                return false;
+            }
+            if dry_run {
+                segment.is_unheld()
+            } else {
+                segment.unlink_locked(|| true).unwrap_or(false)
+            }
+        }
+        Err(_) => false,
+    }
+}
+
 /// Whether a topic's segment is stale: no process that holds one of its lanes or one of its
 /// subscriber entries is alive (pid and start time). Makes system calls.
 pub(crate) fn is_stale(open: &OpenTopic) -> bool {
@@ -191,18 +238,7 @@ impl Bus {
     pub fn clean(&self, dry_run: bool) -> Result<Vec<String>, BusError> {
         let mut removed = Vec::new();
         for name in self.topic_names()? {
-            let Ok(open) = open_topic(self, &name) else {
-                continue;
-            };
-            if !is_stale(&open) {
-                continue;
-            }
-            if dry_run
-                || open
-                    .segment
-                    .unlink_locked(|| is_stale(&open))
-                    .unwrap_or(false)
-            {
+            if remove_if_stale(self, &name, dry_run) {
                 removed.push(name);
             }
         }

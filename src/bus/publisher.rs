@@ -183,14 +183,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
 
     /// Remove the topic's segment if every process on it is dead (see [`Bus::clean`]).
     fn remove_if_stale(&self) -> bool {
-        let Ok(open) = open_topic(self.bus, &self.topic) else {
-            return false;
-        };
-        super::discovery::is_stale(&open)
-            && open
-                .segment
-                .unlink_locked(|| super::discovery::is_stale(&open))
-                .unwrap_or(false)
+        super::discovery::remove_if_stale(self.bus, &self.topic, false)
     }
 
     /// Join the existing topic as one more publisher, in a lane of its own: subscribers
