@@ -580,10 +580,7 @@ fn an_unfinished_segment_is_replaced_once_old_and_unheld_and_never_while_held() 
     // A creator killed before it wrote the header: its name, zero-filled, held by nobody.
     drop(unfinished_segment(&format!("/dev/shm/{prefix}orphan")));
     // A creator still at work (alive, holding its segment).
-    let mut busy = ChildProc::spawn(
-        "hold-unfinished",
-        &[("segment", &format!("{prefix}busy"))],
-    );
+    let mut busy = ChildProc::spawn("hold-unfinished", &[("segment", &format!("{prefix}busy"))]);
     busy.wait_for_line("READY");
     // Young, both are only "not ready": an opener retries, a creator is refused.
     assert!(matches!(

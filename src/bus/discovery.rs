@@ -104,7 +104,8 @@ impl Bus {
             .map(|k| unsafe { lane(k).table(max_readers) })
             .collect();
         let tails: Vec<u64> = (0..lanes).map(|k| lane(k).writer.tail()).collect();
-        let published = tails.iter().sum();
+        // Saturating, here and below: every figure was read from shared memory.
+        let published = tails.iter().fold(0u64, |sum, &t| sum.saturating_add(t));
         let subscribers = (0..max_readers as usize)
             .filter_map(|i| {
                 let first = &tables[0].entries()[i];
@@ -114,12 +115,12 @@ impl Bus {
                 }
                 let pid = crate::segment::identity_pid(owner);
                 let next_seq = first.head()?;
-                let (mut lag, mut lost) = (0, 0);
+                let (mut lag, mut lost) = (0u64, 0u64);
                 for (table, &tail) in tables.iter().zip(&tails) {
                     let e = &table.entries()[i];
                     // A head ahead of the tail (a joiner's, read before the tail) lags by 0.
-                    lag += e.head().map_or(0, |h| tail.saturating_sub(h));
-                    lost += e.lost();
+                    lag = lag.saturating_add(e.head().map_or(0, |h| tail.saturating_sub(h)));
+                    lost = lost.saturating_add(e.lost());
                 }
                 (pid != 0).then_some(SubscriberInfo {
                     pid,
@@ -136,7 +137,7 @@ impl Bus {
             .collect();
         let evictions = (0..lanes)
             .map(|k| lane(k).owner.evictions.load(Ordering::Relaxed))
-            .sum();
+            .fold(0u64, u64::saturating_add);
         Ok(TopicInfo {
             topic: topic.into(),
             fingerprint: open

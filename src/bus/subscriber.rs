@@ -412,7 +412,8 @@ impl<T: ?Sized> Subscriber<T> {
     /// ([`Policy::Overwrite`] only; always 0 otherwise). Exact: with what it received, they
     /// account for every message published since it joined.
     pub fn lost(&self) -> u64 {
-        self.reader.lost() + self.more.iter().map(Reader::lost).sum::<u64>()
+        // Saturating: a hostile publisher's stamps can make a loss count anything.
+        (self.more.iter().map(Reader::lost)).fold(self.reader.lost(), u64::saturating_add)
     }
 
     /// The topic's policy.

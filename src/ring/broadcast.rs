@@ -315,7 +315,8 @@ impl<S: SlotStorage> Writer<S> {
             }
             max_lag = max_lag.max(lag.min(capacity));
         }
-        self.limit = tail + (capacity - max_lag);
+        // Wrapping: the tail came from shared memory when this writer started.
+        self.limit = tail.wrapping_add(capacity - max_lag);
     }
 
     /// Whether a slot is free now, scanning the readers (for waiters). Always true under
