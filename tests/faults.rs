@@ -6,8 +6,9 @@
 mod common;
 
 use common::msg::{check_message, message, Msg};
-use common::{arg, exit_child, say, ChildProc, Cleanup, CHILD_STALL};
+use common::{arg, arg_u64, exit_child, say, ChildProc, Cleanup, CHILD_STALL};
 use shmbus::{Bus, RecvError, WaitStrategy};
+use std::time::{Duration, Instant};
 
 /// Kills per run: the issue asks for at least 1,000 in CI's time (each costs a process start
 /// and a liveness slice, ~20-30 ms).
@@ -20,6 +21,8 @@ fn child_entry() {
     };
     let code = match role.as_str() {
         "publish-forever" => child_publish_forever(),
+        "subscribe-chaos" => child_subscribe_chaos(),
+        "scribble" => child_scribble(),
         other => panic!("unknown child role {other}"),
     };
     exit_child(code)
@@ -43,6 +46,63 @@ fn child_publish_forever() -> i32 {
         if publisher.send_timeout(message(seq), CHILD_STALL).is_err() {
             eprintln!("no free slot for {CHILD_STALL:?} at {seq}");
             return 1;
+        }
+    }
+}
+
+/// Receive from topic `topic` for `millis` ms while another process scribbles over its
+/// segment: whatever comes (messages, wrong messages, errors), this must neither panic nor hang.
+fn child_subscribe_chaos() -> i32 {
+    let bus = Bus::builder()
+        .prefix(&arg("prefix"))
+        .build()
+        .expect("valid prefix");
+    let mut subscriber = bus
+        .subscriber::<Msg>(&arg("topic"))
+        .open_timeout(CHILD_STALL)
+        .expect("open the topic");
+    say("READY");
+    let end = Instant::now() + Duration::from_millis(arg_u64("millis"));
+    let (mut good, mut wrong, mut none, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    while Instant::now() < end {
+        match subscriber.recv_timeout(Duration::from_millis(5)) {
+            Ok(Some(sample)) => match check_message(sample.seq(), sample.seq(), &sample) {
+                None => good += 1,
+                Some(_) => wrong += 1,
+            },
+            Ok(None) => none += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    say(&format!(
+        "RESULT good={good} wrong={wrong} none={none} errors={errors}"
+    ));
+    0
+}
+
+/// Write random bytes at random places of segment `segment` (past its header, which openers
+/// have read already) until killed.
+fn child_scribble() -> i32 {
+    let fd = rustix::shm::open(
+        arg("segment").as_str(),
+        rustix::shm::OFlags::RDWR,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open the segment");
+    let file = std::fs::File::from(fd);
+    // SAFETY: shared memory that other processes use while this one writes it: that is the
+    // point; this process only writes bytes through raw volatile stores and reads nothing.
+    let map = unsafe { memmap2::MmapOptions::new().map_mut(&file) }.expect("map the segment");
+    let (base, len) = (map.as_ptr() as *mut u8, map.len());
+    let header = shmbus::layout::HEADER_SIZE;
+    let mut rng = Rng(arg_u64("seed") | 1);
+    say("READY");
+    loop {
+        let at = header + (rng.next() as usize) % (len - header);
+        // SAFETY: `at < len`, inside the mapping.
+        unsafe { base.add(at).write_volatile(rng.next() as u8) };
+        if rng.next() % 64 == 0 {
+            std::thread::yield_now();
         }
     }
 }
@@ -132,4 +192,55 @@ fn publishers_killed_at_random_points_never_show_a_torn_message_nor_leave_a_subs
     eprintln!(
         "{KILLS} kills, {received} messages, {mid_stream} received after their publisher was killed"
     );
+}
+
+#[test]
+fn a_subscriber_reading_a_segment_another_process_scribbles_on_neither_panics_nor_hangs() {
+    let prefix = common::unique_prefix("chaos");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    for policy in [shmbus::Policy::Block, shmbus::Policy::Overwrite] {
+        let topic = format!("t-{policy}");
+        let mut publisher = bus
+            .publisher::<Msg>(&topic)
+            .capacity(64)
+            .policy(policy)
+            .max_subscribers(2)
+            .create()
+            .unwrap();
+        let mut subscriber = ChildProc::spawn(
+            "subscribe-chaos",
+            &[("prefix", &prefix), ("topic", &topic), ("millis", "1500")],
+        );
+        subscriber.wait_for_line("READY");
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        eprintln!("{policy}: seed {seed:#x}");
+        let mut scribbler = ChildProc::spawn(
+            "scribble",
+            &[
+                ("segment", &format!("{prefix}{topic}")),
+                ("seed", &seed.to_string()),
+            ],
+        );
+        scribbler.wait_for_line("READY");
+        // Publish (never waiting: the scribbled heads may say anything) until the subscriber
+        // has had its time.
+        let end = Instant::now() + Duration::from_millis(1500);
+        let mut seq = 0;
+        while Instant::now() < end {
+            if publisher.try_send(message(seq)).is_ok() {
+                seq += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let out = subscriber.finish();
+        scribbler.kill();
+        let _ = scribbler.finish();
+        out.assert_success();
+        eprintln!("{policy}: {seq} sent; {}", out.result_line());
+    }
 }
