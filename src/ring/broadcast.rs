@@ -50,6 +50,10 @@ use crossbeam_utils::CachePadded;
 /// [`Reader::join`]).
 pub const JOIN_ATTEMPTS: u32 = 10_000;
 
+/// Attempts `Reader::read_copy` makes at one call (moves of the head after a lap, copies
+/// spoilt by a rewrite) before it says `Empty`.
+const READ_ATTEMPTS: u32 = 64;
+
 /// The length a tag carries while the writer rewrites an Overwrite slot.
 pub const BUSY: u32 = u32::MAX;
 
@@ -538,7 +542,10 @@ impl<S: SlotStorage> Reader<S> {
     /// and move past it. Skips ahead, counting losses, when the writer lapped this reader.
     /// Returns `Empty` when the next message is not there yet (or is being written).
     pub fn read_copy(&mut self, dst: &mut [u64]) -> Peek {
-        loop {
+        // Bounded: each attempt either moves the head or finds the slot rewritten under the
+        // copy; a writer that keeps doing that (or a hostile peer that keeps flipping a stamp)
+        // gets `Empty`, and the caller comes back, rather than a reader stuck in here.
+        for _ in 0..READ_ATTEMPTS {
             let index = (self.head & self.mask) as usize;
             let tag_word = self.storage.tag(index);
             // Acquire: pairs with the Release store of the final tag in `commit`.
@@ -561,9 +568,13 @@ impl<S: SlotStorage> Reader<S> {
                 // writer stores to on every message (a lapped reader that loaded it each time
                 // tripled the cost of an Overwrite publisher with 8 subscribers when the two
                 // CPUs are far apart). If the writer is further ahead still, the next slot
-                // read says so, and this repeats.
+                // read says so, and this repeats. A stamp less than a lap ahead is no honest
+                // writer's (found by the `ring_ops` fuzz target, as an endless loop): nothing
+                // to read here.
                 let seen = self.head.wrapping_add(ahead as u64);
-                self.skip_to(seen.wrapping_sub(self.mask));
+                if !self.skip_to(seen.wrapping_sub(self.mask)) {
+                    return Peek::Empty;
+                }
                 continue;
             }
             let len = (first >> 32) as u32;
@@ -593,6 +604,7 @@ impl<S: SlotStorage> Reader<S> {
             self.maybe_publish();
             return Peek::Ready(Ready { index, seq, len });
         }
+        Peek::Empty
     }
 
     /// Lapped: resume at the oldest message the ring still holds. Returns whether the head
@@ -882,6 +894,17 @@ mod tests {
         p.slots.tag(1).store(busy, Ordering::Relaxed);
         drop(w);
         assert_eq!(p.writer(0, true).next_seq(), 1);
+    }
+
+    #[test]
+    fn a_stamp_less_than_a_lap_ahead_reads_as_nothing_rather_than_looping() {
+        // No honest writer leaves message 1 in slot 0 of a ring of 4; the `ring_ops` fuzz
+        // target found the reader skipping ahead by nothing, forever.
+        let p = parts(4, 1);
+        let mut r = p.reader(0, 0);
+        p.slots.tag(0).store(tag(1, 8), Ordering::Relaxed);
+        assert_eq!(r.read_copy(&mut [0u64]), Peek::Empty);
+        assert_eq!(r.next_seq(), 0);
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl MappedSlots {
     /// `base` must point to the slot array of a segment whose geometry is `g` (checked by
     /// `Geometry::validate` or computed by `Geometry::for_config`), mapped and 64-aligned, and
     /// stay mapped for as long as the `MappedSlots` lives.
-    pub(crate) unsafe fn new(base: std::ptr::NonNull<u8>, g: &crate::layout::Geometry) -> Self {
+    pub unsafe fn new(base: std::ptr::NonNull<u8>, g: &crate::layout::Geometry) -> Self {
         Self {
             base,
             stride: g.slot_stride as usize,
