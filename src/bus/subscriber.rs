@@ -704,9 +704,11 @@ impl<T: ?Sized> Subscriber<T> {
     fn spin_until(&mut self, deadline: Option<Instant>, spins: u32) -> Result<Spun, RecvError> {
         const FULL_POLL_EVERY: u32 = 256;
         let mut i: u32 = 0;
-        // When to check that the publishers are alive (system calls): after each
-        // LIVENESS_CHECK of waiting, never on the way to a message.
+        // When to check that the publishers are alive (system calls): after LIVENESS_CHECK of
+        // waiting, then at doubling intervals (as a sleeping wait does), never on the way to
+        // a message.
         let mut next_check: Option<Instant> = None;
+        let mut interval = LIVENESS_CHECK;
         loop {
             if i % FULL_POLL_EVERY == 0 {
                 if let Some(ready) = self.poll()? {
@@ -718,10 +720,11 @@ impl<T: ?Sized> Subscriber<T> {
                         return Ok(Spun::Deadline);
                     }
                     match next_check {
-                        None => next_check = Some(now + LIVENESS_CHECK),
+                        None => next_check = Some(now + interval),
                         Some(at) if now >= at => {
                             self.check_publishers()?;
-                            next_check = Some(now + LIVENESS_CHECK);
+                            interval = (interval * 2).min(MAX_LIVENESS_SLICE);
+                            next_check = Some(now + interval);
                         }
                         Some(_) => {}
                     }

@@ -49,8 +49,10 @@ pub trait Park {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WaitStrategy {
-    /// Busy-spin with a spin hint. Lowest latency; burns a core; no syscall ever. A publisher
-    /// whose subscribers all spin never pays for wake-ups.
+    /// Busy-spin with a spin hint. Lowest latency; burns a core; no syscall while messages
+    /// flow. (A wait that finds nothing for 10 ms checks that the other side is alive, a few
+    /// syscalls, then again at doubling intervals up to 640 ms; `try_*` calls never do.) A
+    /// publisher whose subscribers all spin never pays for wake-ups.
     Spin,
     /// Spin a little, then `sched_yield` between checks: for oversubscribed machines.
     SpinYield,
