@@ -106,6 +106,9 @@ pub enum SegmentError {
     /// The kernel refused access.
     #[error("permission denied for segment {0:?}")]
     PermissionDenied(String),
+    /// The name is a symbolic link (planted by someone else, or a mistake): never followed.
+    #[error("segment name {0:?} is a symbolic link; refusing to follow it")]
+    Symlink(String),
     /// The segment belongs to another user.
     #[error("segment {name:?} is owned by uid {owner}, not by this user (uid {me})")]
     NotOwner {
@@ -257,11 +260,19 @@ impl Segment {
         min_size: u64,
         max_size: u64,
     ) -> Result<Self, SegmentError> {
-        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
-            Errno::NOENT => SegmentError::NotFound(name.into()),
-            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
-            e => io_error("shm_open", name, e),
-        })?;
+        // What `shm_open` does on Linux, with O_NOFOLLOW spelled out (rustix's `shm::open`
+        // follows a link): a link planted at the name is refused, not followed into whatever
+        // file it points at.
+        let flags =
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
+        let fd = rustix::fs::open(format!("{SHM_DIR}/{name}"), flags, Mode::empty()).map_err(
+            |e| match e {
+                Errno::NOENT => SegmentError::NotFound(name.into()),
+                Errno::LOOP => SegmentError::Symlink(name.into()),
+                Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+                e => io_error("shm_open", name, e),
+            },
+        )?;
         let st = rustix::fs::fstat(&fd).map_err(|e| io_error("fstat", name, e))?;
         let me = rustix::process::geteuid().as_raw();
         if st.st_uid != me {

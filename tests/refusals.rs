@@ -80,8 +80,17 @@ fn child_entry() {
                 say(&format!("MESSAGE {message}"));
             }
         }
-        "create" => match bus.publisher::<u64>(&topic).create() {
-            Ok(_publisher) => say("RESULT Ok"),
+        "create" => match create_with_umask(&bus, &topic) {
+            Ok(_publisher) => {
+                let fd = shm::open(
+                    format!("{}{topic}", arg("prefix")).as_str(),
+                    shm::OFlags::RDONLY,
+                    Mode::empty(),
+                )
+                .expect("the segment just created");
+                let mode = rustix::fs::fstat(&fd).expect("fstat").st_mode & 0o777;
+                say(&format!("RESULT Ok mode={mode:o}"));
+            }
             Err(e) => {
                 say(&format!("RESULT {}", describe_create(&e)));
                 say(&format!("MESSAGE {e}"));
@@ -105,6 +114,15 @@ fn child_entry() {
         other => panic!("unknown child role {other}"),
     }
     exit_child(0)
+}
+
+/// Create `topic` under the umask the parent asked for, if any: a hostile umask must not
+/// change what the segment's mode is.
+fn create_with_umask(bus: &Bus, topic: &str) -> Result<shmbus::Publisher<u64>, CreateError> {
+    if let Ok(mask) = u32::from_str_radix(&common::arg_or("umask", ""), 8) {
+        rustix::process::umask(Mode::from_raw_mode(mask));
+    }
+    bus.publisher::<u64>(topic).create()
 }
 
 /// Open `topic` as a subscriber of `T` (with the type name and the patience the parent asked
@@ -1007,4 +1025,59 @@ fn a_message_with_a_corrupt_length_is_reported_and_skipped() {
     publisher.try_send(3).unwrap();
     let next = subscriber.try_recv().unwrap().unwrap();
     assert_eq!((next.seq(), *next), (2, 3));
+}
+
+#[test]
+fn a_segment_is_created_owner_only_whatever_the_umask() {
+    let f = fixture("umask");
+    for (i, umask) in ["0", "777", "22"].into_iter().enumerate() {
+        let topic = format!("t{i}");
+        let out = ChildProc::spawn(
+            "create",
+            &[
+                ("prefix", &f.prefix),
+                ("topic", &topic),
+                ("group", "0"),
+                ("umask", umask),
+            ],
+        )
+        .finish();
+        out.assert_success();
+        assert_eq!(out.result_line(), "Ok mode=600", "umask {umask}: {out:#?}");
+    }
+}
+
+#[test]
+fn a_symlink_at_a_topic_name_is_neither_followed_nor_replaced() {
+    let f = fixture("symlink");
+    // A name taken by a link to a file of this user's: a squatter hoping that a creator or an
+    // opener follows it.
+    let target = format!("/tmp/{}target", f.prefix);
+    std::fs::write(&target, [0u8; 8192]).unwrap();
+    let link = format!("/dev/shm/{}", f.segment("t"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    // Opening refuses (the kernel will not follow it: shm_open opens with O_NOFOLLOW).
+    let opened = f.bus.subscriber::<u64>("t").open();
+    assert!(
+        matches!(opened, Err(OpenError::Segment(SegmentError::Symlink(_)))),
+        "{:?}",
+        opened.err()
+    );
+    // Creating refuses, and neither removes the link nor touches its target.
+    assert!(matches!(
+        f.bus.publisher::<u64>("t").create(),
+        Err(CreateError::AlreadyExists { .. })
+    ));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(f.bus.clean(false).unwrap().is_empty());
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "clean removed the link"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), [0u8; 8192]);
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&target).unwrap();
 }
