@@ -8,20 +8,13 @@
 mod common;
 
 use common::msg::{check_message, message, Msg};
-use common::{arg, arg_u64, exit_child, lock, say, ChildProc, Cleanup, CHILD_STALL};
+use common::{arg, arg_u64, child_bus, exit_child, lock, say, ChildProc, Cleanup, CHILD_STALL};
 use shmbus::{Bus, Policy, RecvError, WaitStrategy};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Tests that run several busy processes take turns: on two cores they only slow each other.
 static HEAVY: Mutex<()> = Mutex::new(());
-
-fn child_bus() -> Bus {
-    Bus::builder()
-        .prefix(&arg("prefix"))
-        .build()
-        .expect("valid prefix")
-}
 
 // ---------------------------------------------------------------------------------------------
 // The child side.

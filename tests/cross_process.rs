@@ -9,7 +9,7 @@
 mod common;
 
 use common::msg::{check_message, message, Msg};
-use common::{arg, arg_u64, exit_child, lock, say, ChildProc, Cleanup, CHILD_STALL};
+use common::{arg, arg_u64, child_bus, exit_child, lock, say, ChildProc, Cleanup, CHILD_STALL};
 use shmbus::{Bus, RecvError, Sample, Subscriber, WaitStrategy};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -70,13 +70,6 @@ fn child_entry() {
         other => panic!("unknown child role {other}"),
     };
     exit_child(code)
-}
-
-fn child_bus() -> Bus {
-    Bus::builder()
-        .prefix(&arg("prefix"))
-        .build()
-        .expect("valid prefix")
 }
 
 /// Receive until the topic closes, checking each message with `check` (given the sequence

@@ -6,7 +6,7 @@
 mod common;
 
 use common::msg::{check_message, message, Msg};
-use common::{arg, arg_u64, exit_child, say, ChildProc, Cleanup, CHILD_STALL};
+use common::{arg, arg_u64, child_bus, exit_child, say, ChildProc, Cleanup, CHILD_STALL};
 use shmbus::{Bus, RecvError, WaitStrategy};
 use std::time::{Duration, Instant};
 
@@ -31,10 +31,7 @@ fn child_entry() {
 /// Take over a lane of topic `topic` (the dead predecessor's), say where its numbering goes on,
 /// and publish consecutive messages until killed.
 fn child_publish_forever() -> i32 {
-    let bus = Bus::builder()
-        .prefix(&arg("prefix"))
-        .build()
-        .expect("valid prefix");
+    let bus = child_bus();
     let mut publisher = bus
         .publisher::<Msg>(&arg("topic"))
         .wait(WaitStrategy::Spin)
@@ -53,10 +50,7 @@ fn child_publish_forever() -> i32 {
 /// Receive from topic `topic` for `millis` ms while another process scribbles over its
 /// segment: whatever comes (messages, wrong messages, errors), this must neither panic nor hang.
 fn child_subscribe_chaos() -> i32 {
-    let bus = Bus::builder()
-        .prefix(&arg("prefix"))
-        .build()
-        .expect("valid prefix");
+    let bus = child_bus();
     let mut subscriber = bus
         .subscriber::<Msg>(&arg("topic"))
         .open_timeout(CHILD_STALL)

@@ -1,8 +1,9 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
 use super::control::{control_size, TopicControl};
+use super::payload::{AlignedWords, Payload};
 use super::subscriber::open_topic;
-use super::{payload::Payload, Bus};
+use super::Bus;
 use crate::error::{
     CreateError, LoanError, OpenError, SendTimeoutError, TryLoanError, TrySendError,
 };
@@ -340,44 +341,6 @@ struct Inner {
     /// (subscribers may be copying the slot meanwhile; see `crate::ring::broadcast`).
     staging: Option<AlignedWords>,
     slot_size: u32,
-}
-
-/// A private buffer of whole words, aligned for a payload type: an Overwrite publisher's
-/// staging area and an Overwrite subscriber's copy. Allocated once, at create or open.
-#[derive(Debug)]
-pub(crate) struct AlignedWords {
-    buf: Box<[u64]>,
-    /// Offset (in words) of the first word aligned for the payload.
-    start: usize,
-    words: usize,
-}
-
-impl AlignedWords {
-    /// Room for `bytes` bytes rounded up to words, aligned to `align` (a power of two).
-    pub(crate) fn new(bytes: usize, align: usize) -> Self {
-        let words = bytes.div_ceil(8);
-        let extra = align.div_ceil(8).saturating_sub(1);
-        let buf = vec![0u64; words + extra].into_boxed_slice();
-        let misalign = buf.as_ptr() as usize % align.max(8);
-        let start = if misalign == 0 {
-            0
-        } else {
-            (align - misalign) / 8
-        };
-        Self { buf, start, words }
-    }
-
-    pub(crate) fn words(&self) -> &[u64] {
-        &self.buf[self.start..self.start + self.words]
-    }
-
-    pub(crate) fn words_mut(&mut self) -> &mut [u64] {
-        &mut self.buf[self.start..self.start + self.words]
-    }
-
-    pub(crate) fn ptr(&mut self) -> *mut u8 {
-        self.words_mut().as_mut_ptr() as *mut u8
-    }
 }
 
 impl Inner {

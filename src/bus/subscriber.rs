@@ -1,7 +1,8 @@
 //! The subscribing side of a topic: open it, check it, receive messages in place.
 
 use super::control::{claim_entry, control_size, TopicControl};
-use super::publisher::{AlignedWords, LIVENESS_CHECK};
+use super::payload::AlignedWords;
+use super::publisher::LIVENESS_CHECK;
 use super::{payload::Payload, Bus};
 use crate::error::{OpenError, RecvError};
 use crate::layout::{

@@ -8,7 +8,7 @@
 //!
 //! | word | written by | read by |
 //! |------|------------|---------|
-//! | `WriterWords::tail` | writer, after each commit | joiners (where to start), discovery (lag), lapped readers (where to resume) |
+//! | `WriterWords::tail` | writer, after each commit | joiners (where to start), discovery (lag), a reader more than 2^31 messages behind (where to resume) |
 //! | `WriterWords::floor` | writer, at each scan | joiners |
 //! | `ReaderEntry::owner` | a reader, to take or leave its entry (CAS); a writer, to evict a dead one (CAS to [`EVICTING`], then 0) | readers, writer (when full), discovery |
 //! | `ReaderEntry::head` | its reader: `next seq + 1`, `0` while the entry is unused | writer (scans), discovery |
@@ -32,8 +32,9 @@
 //! marks the tag busy (length [`BUSY`]), fences, stores the payload as atomic words, and stores
 //! the final tag with Release; a reader loads the tag, copies the words, fences, and loads the
 //! tag again: equal tags mean an untorn copy. A reader that finds a later message than it
-//! expects (lapped) resumes at the oldest message still in the ring, `tail - capacity + 1`,
-//! and counts the messages it skipped: its losses are exact. In Rust's memory model a plain
+//! expects (lapped) resumes at the oldest message that lap left, reckoned from the stamp it
+//! found (a lap before it, plus one), never from the writer's tail, a line the writer stores
+//! to on every message; and it counts the messages it skipped: its losses are exact. In Rust's memory model a plain
 //! copy racing a write is a data race even when the copy is thrown away, so both sides of an
 //! Overwrite slot use only atomic word accesses.
 //!

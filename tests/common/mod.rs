@@ -105,6 +105,14 @@ pub fn arg(key: &str) -> String {
         .unwrap_or_else(|_| panic!("child argument {key} missing"))
 }
 
+/// The bus a child works on: the parent's, from the `prefix` argument.
+pub fn child_bus() -> shmbus::Bus {
+    shmbus::Bus::builder()
+        .prefix(&arg("prefix"))
+        .build()
+        .expect("valid prefix")
+}
+
 /// A child's argument `key`, or `default` if the parent did not pass it.
 pub fn arg_or(key: &str, default: &str) -> String {
     std::env::var(format!("{ARG_VAR}{}", key.to_uppercase())).unwrap_or_else(|_| default.into())
