@@ -17,11 +17,20 @@ pub enum BusError {
         /// What is wrong with it.
         reason: NameError,
     },
+    /// The directory of segments is not a directory, or cannot be looked at.
+    #[error("cannot use {} as the directory of segments: {source}", dir.display())]
+    Dir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The directory of shared-memory segments could not be listed.
-    #[error("cannot list {dir}: {source}")]
+    #[error("cannot list {}: {source}", dir.display())]
     List {
         /// The directory.
-        dir: String,
+        dir: std::path::PathBuf,
         /// The system's error.
         source: std::io::Error,
     },
@@ -49,10 +58,15 @@ pub enum CreateError {
         topic: String,
     },
     /// The shared-memory filesystem cannot hold the topic.
-    #[error("no room for topic {topic:?}: it needs {needed} bytes, {available} are available")]
+    #[error(
+        "no room for topic {topic:?} in {}: it needs {needed} bytes, {available} are available",
+        dir.display()
+    )]
     NoSpace {
         /// The name.
         topic: String,
+        /// The directory of segments (its filesystem is the one that is full).
+        dir: std::path::PathBuf,
         /// Bytes needed.
         needed: u64,
         /// Bytes available.

@@ -1,6 +1,10 @@
 //! Named shared-memory segments: create, open, unlink, and the checks around each.
 //!
-//! Creation is atomic and private: `shm_open(O_CREAT | O_EXCL)` with mode 0600, then `fchmod`
+//! A segment is a file in a directory of a memory filesystem: `/dev/shm` by default (what
+//! `shm_open` uses on Linux), or any directory a [`Bus`](crate::Bus) is given (a tmpfs of a
+//! container's own, say). Names are opened with `O_NOFOLLOW` below that directory.
+//!
+//! Creation is atomic and private: `open(O_CREAT | O_EXCL)` with mode 0600, then `fchmod`
 //! (the umask may have narrowed or, with a group mode, the caller may want more), then the size
 //! is set and every page reserved with `fallocate`, so that a full `/dev/shm` is a typed
 //! [`SegmentError::NoSpace`] now rather than a SIGBUS at the first touch of a missing page.
@@ -15,15 +19,15 @@
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{flock, FlockOperation, Mode};
 use rustix::io::Errno;
-use rustix::shm;
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 /// Longest topic name (bytes).
 pub const MAX_NAME_LEN: usize = 128;
 /// Longest segment name, prefix and topic together (bytes): the kernel's `NAME_MAX`.
 pub const MAX_SEGMENT_NAME_LEN: usize = 255;
-/// Where `shm_open` names live on Linux; its free space is checked before creating.
+/// Where `shm_open` names live on Linux: the default directory of segments.
 pub const SHM_DIR: &str = "/dev/shm";
 
 /// Why a topic or prefix name was refused.
@@ -130,8 +134,13 @@ pub enum SegmentError {
         allowed: u32,
     },
     /// The shared-memory filesystem has no room for the segment.
-    #[error("no room in {SHM_DIR} for a segment of {needed} bytes ({available} bytes available)")]
+    #[error(
+        "no room in {} for a segment of {needed} bytes ({available} bytes available)",
+        dir.display()
+    )]
     NoSpace {
+        /// The directory of segments.
+        dir: PathBuf,
         /// Bytes the segment needs.
         needed: u64,
         /// Bytes free.
@@ -186,35 +195,41 @@ impl Access {
 pub struct Segment {
     map: MmapRaw,
     name: String,
+    path: PathBuf,
     _file: File,
 }
 
 impl Segment {
-    /// Create the segment `name` (a full `shm_open` name, without the leading `/`) of `size`
-    /// bytes, zero-filled, with every page reserved and mapped.
+    /// Create the segment `name` (a file name) in directory `dir` (normally [`SHM_DIR`]) of
+    /// `size` bytes, zero-filled, with every page reserved and mapped.
     ///
     /// # Errors
     /// [`SegmentError::AlreadyExists`] if the name is taken, [`SegmentError::NoSpace`] if the
     /// filesystem cannot hold it, [`SegmentError::Io`] for other failures. On any error after
     /// the name was created, it is unlinked again.
-    pub fn create(name: &str, size: u64, access: Access) -> Result<Self, SegmentError> {
-        let available = free_space();
-        if let Some(available) = available.filter(|&a| a < size) {
-            return Err(SegmentError::NoSpace {
-                needed: size,
-                available,
-            });
+    pub fn create(dir: &Path, name: &str, size: u64, access: Access) -> Result<Self, SegmentError> {
+        let no_space = |available| SegmentError::NoSpace {
+            dir: dir.into(),
+            needed: size,
+            available,
+        };
+        if let Some(available) = free_space(dir).filter(|&a| a < size) {
+            return Err(no_space(available));
         }
-        let fd = shm::open(
-            name,
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| match e {
-            Errno::EXIST => SegmentError::AlreadyExists(name.into()),
-            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
-            e => io_error("shm_open", name, e),
-        })?;
+        let path = dir.join(name);
+        // `shm_open(O_CREAT | O_EXCL)` is this `open` of `/dev/shm/<name>` on Linux. O_EXCL
+        // fails on any existing name, a symbolic link included.
+        let flags = rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::RDWR
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC;
+        let fd =
+            rustix::fs::open(&path, flags, Mode::from_raw_mode(0o600)).map_err(|e| match e {
+                Errno::EXIST => SegmentError::AlreadyExists(name.into()),
+                Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+                e => io_error("open", name, e),
+            })?;
         let file = File::from(fd);
         let finish = || -> Result<Self, SegmentError> {
             // Shared for as long as this process has the segment open: the kernel drops it when
@@ -230,31 +245,31 @@ impl Segment {
             // allocated at first touch kills the process with SIGBUS.
             rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).map_err(
                 |e| match e {
-                    Errno::NOSPC => SegmentError::NoSpace {
-                        needed: size,
-                        available: free_space().unwrap_or(0),
-                    },
+                    Errno::NOSPC => no_space(free_space(dir).unwrap_or(0)),
                     e => io_error("fallocate", name, e),
                 },
             )?;
             Self::map(
                 file.try_clone().map_err(|e| io("dup", name, e))?,
                 name,
+                path.clone(),
                 size,
             )
         };
         finish().inspect_err(|_| {
-            let _ = shm::unlink(name);
+            let _ = rustix::fs::unlink(&path);
         })
     }
 
-    /// Open the existing segment `name` for reading and writing, after checking its owner, its
+    /// Open the existing segment `name` of directory `dir` for reading and writing, after
+    /// checking its owner, its
     /// mode (nothing beyond `access`) and its size (`min_size..=max_size`).
     ///
     /// # Errors
     /// [`SegmentError::NotFound`], [`SegmentError::NotOwner`], [`SegmentError::BadMode`],
     /// [`SegmentError::BadSize`], [`SegmentError::PermissionDenied`], [`SegmentError::Io`].
     pub fn open(
+        dir: &Path,
         name: &str,
         access: Access,
         min_size: u64,
@@ -265,14 +280,13 @@ impl Segment {
         // file it points at.
         let flags =
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
-        let fd = rustix::fs::open(format!("{SHM_DIR}/{name}"), flags, Mode::empty()).map_err(
-            |e| match e {
-                Errno::NOENT => SegmentError::NotFound(name.into()),
-                Errno::LOOP => SegmentError::Symlink(name.into()),
-                Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
-                e => io_error("shm_open", name, e),
-            },
-        )?;
+        let path = dir.join(name);
+        let fd = rustix::fs::open(&path, flags, Mode::empty()).map_err(|e| match e {
+            Errno::NOENT => SegmentError::NotFound(name.into()),
+            Errno::LOOP => SegmentError::Symlink(name.into()),
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+            e => io_error("open", name, e),
+        })?;
         let st = rustix::fs::fstat(&fd).map_err(|e| io_error("fstat", name, e))?;
         let me = rustix::process::geteuid().as_raw();
         if st.st_uid != me {
@@ -301,10 +315,10 @@ impl Segment {
                 max: max_size,
             });
         }
-        Self::map(File::from(fd), name, size)
+        Self::map(File::from(fd), name, path, size)
     }
 
-    fn map(file: File, name: &str, size: u64) -> Result<Self, SegmentError> {
+    fn map(file: File, name: &str, path: PathBuf, size: u64) -> Result<Self, SegmentError> {
         let len = usize::try_from(size).map_err(|_| SegmentError::BadSize {
             name: name.into(),
             size,
@@ -319,6 +333,7 @@ impl Segment {
         Ok(Self {
             map,
             name: name.into(),
+            path,
             _file: file,
         })
     }
@@ -368,7 +383,7 @@ impl Segment {
             if st.st_nlink == 0 || !still_wanted() {
                 return Ok(false);
             }
-            match unlink(&self.name) {
+            match self.unlink() {
                 Ok(()) | Err(SegmentError::NotFound(_)) => Ok(true),
                 Err(e) => Err(e),
             }
@@ -384,6 +399,20 @@ impl Segment {
         unheld
     }
 
+    /// Remove the segment's name, whatever it names now (see [`Segment::unlink_locked`] for
+    /// the careful form); mappings stay valid until unmapped.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] if the name is gone.
+    pub fn unlink(&self) -> Result<(), SegmentError> {
+        let name = self.name.as_str();
+        rustix::fs::unlink(&self.path).map_err(|e| match e {
+            Errno::NOENT => SegmentError::NotFound(name.into()),
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
+            e => io_error("unlink", name, e),
+        })
+    }
+
     /// How long ago the segment was last changed (its `ctime`): an unfinished segment
     /// (`NotReady`) is judged only once it is old enough that its creator cannot be merely
     /// slow (see `create`'s lock, taken a few system calls after the name appears).
@@ -395,21 +424,9 @@ impl Segment {
     }
 }
 
-/// Remove the name `name`; mappings stay valid until unmapped.
-///
-/// # Errors
-/// [`SegmentError::NotFound`] if there is no such segment.
-pub fn unlink(name: &str) -> Result<(), SegmentError> {
-    shm::unlink(name).map_err(|e| match e {
-        Errno::NOENT => SegmentError::NotFound(name.into()),
-        Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
-        e => io_error("shm_unlink", name, e),
-    })
-}
-
-/// Bytes available to this user in the shared-memory filesystem, if it can be told.
-pub fn free_space() -> Option<u64> {
-    let st = rustix::fs::statvfs(SHM_DIR).ok()?;
+/// Bytes available to this user in the filesystem of `dir`, if it can be told.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 

@@ -453,7 +453,7 @@ fn invalid_configurations_are_refused() {
 #[test]
 fn a_topic_larger_than_the_shared_memory_filesystem_is_no_space() {
     let f = fixture("no-space");
-    let Some(available) = shmbus::segment::free_space() else {
+    let Some(available) = shmbus::segment::free_space(f.bus.dir()) else {
         eprintln!("skipped: the free space of /dev/shm cannot be told");
         return;
     };
@@ -472,10 +472,12 @@ fn a_topic_larger_than_the_shared_memory_filesystem_is_no_space() {
     {
         Err(CreateError::NoSpace {
             topic,
+            dir,
             needed,
             available: free,
         }) => {
             assert_eq!(topic, "huge");
+            assert_eq!(dir, std::path::Path::new("/dev/shm"));
             assert!(needed > capacity * slot, "needed {needed}");
             assert!(needed > free, "needed {needed}, available {free}");
         }

@@ -1,6 +1,7 @@
 //! What a topic holds is given back: 10,000 cycles of creating a topic, opening a subscriber
 //! (and a second publisher), sending, and dropping them all leave this process with the file
-//! descriptors and mappings it started with, and `/dev/shm` as it was.
+//! descriptors and mappings it started with, and `/dev/shm` as it was. The only test of its
+//! binary: another test's thread would change the process's counts.
 
 mod common;
 

@@ -6,7 +6,6 @@ use super::subscriber::{open_topic, OpenTopic};
 use super::Bus;
 use crate::error::{BusError, OpenError};
 use crate::layout::{Policy, TypeFingerprint};
-use crate::segment::SHM_DIR;
 use crate::sync::Ordering;
 
 /// One topic, as [`Bus::topics`] and [`Bus::topic_info`] saw it: a snapshot, read without
@@ -185,6 +184,7 @@ pub(crate) fn remove_if_stale(bus: &Bus, topic: &str, dry_run: bool) -> bool {
                 return false;
             };
             let Ok(segment) = crate::segment::Segment::open(
+                &bus.dir,
                 &name,
                 bus.access,
                 0,
@@ -249,11 +249,11 @@ impl Bus {
     /// The topic names under this bus's prefix, sorted.
     fn topic_names(&self) -> Result<Vec<String>, BusError> {
         let list = |source| BusError::List {
-            dir: SHM_DIR.into(),
+            dir: self.dir.clone(),
             source,
         };
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(SHM_DIR).map_err(list)? {
+        for entry in std::fs::read_dir(&self.dir).map_err(list)? {
             let entry = entry.map_err(list)?;
             if let Some(topic) = entry
                 .file_name()

@@ -30,12 +30,14 @@ pub use publisher::{Loan, Publisher, PublisherBuilder, DEFAULT_MAX_SUBSCRIBERS};
 pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 
 use crate::error::BusError;
-use crate::segment::{validate_name, Access, NameError, MAX_SEGMENT_NAME_LEN};
+use crate::segment::{validate_name, Access, NameError, MAX_SEGMENT_NAME_LEN, SHM_DIR};
+use std::path::{Path, PathBuf};
 
 /// The default prefix of segment names: topic `md.eurusd` lives in `/dev/shm/shmbus.md.eurusd`.
 pub const DEFAULT_PREFIX: &str = "shmbus.";
 
-/// A namespace of topics: every topic's segment is named `<prefix><topic>` in `/dev/shm`.
+/// A namespace of topics: every topic's segment is the file `<prefix><topic>` in a directory of
+/// a memory filesystem, `/dev/shm` unless [`BusBuilder::dir`] says otherwise.
 ///
 /// Cheap to create and to clone; holds no resources. `Send` and `Sync`.
 ///
@@ -49,13 +51,14 @@ pub const DEFAULT_PREFIX: &str = "shmbus.";
 pub struct Bus {
     prefix: String,
     access: Access,
+    dir: PathBuf,
 }
 
 impl Bus {
     /// The bus with the default prefix, owner-only access.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for a bus root that must be checked.
+    /// [`BusError::Dir`] if `/dev/shm` is not a directory this process can use.
     pub fn open_default() -> Result<Self, BusError> {
         Self::builder().build()
     }
@@ -65,12 +68,18 @@ impl Bus {
         BusBuilder {
             prefix: DEFAULT_PREFIX.into(),
             access: Access::Owner,
+            dir: SHM_DIR.into(),
         }
     }
 
     /// The prefix of this bus's segment names.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The directory of this bus's segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Start creating topic `topic` and its publisher.
@@ -90,7 +99,7 @@ impl Bus {
         SubscriberBuilder::new(self, topic)
     }
 
-    /// The `shm_open` name of a topic's segment.
+    /// The file name of a topic's segment (in [`Bus::dir`]).
     pub(crate) fn segment_name(&self, topic: &str) -> Result<String, NameError> {
         validate_name(topic)?;
         let len = self.prefix.len() + topic.len();
@@ -107,6 +116,7 @@ impl Bus {
 pub struct BusBuilder {
     prefix: String,
     access: Access,
+    dir: PathBuf,
 }
 
 impl BusBuilder {
@@ -124,18 +134,44 @@ impl BusBuilder {
         self
     }
 
+    /// The directory the segments live in: `/dev/shm` by default. Another directory should be
+    /// on a memory filesystem (a tmpfs of the application's own, with a size limit of its
+    /// own, say): on a disk-backed one the kernel writes the messages back to the disk. Every
+    /// process of a topic must use the same directory.
+    ///
+    /// ```no_run
+    /// let bus = shmbus::Bus::builder().dir("/run/myapp/bus").build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = dir.into();
+        self
+    }
+
     /// The bus.
     ///
     /// # Errors
-    /// [`BusError::InvalidPrefix`] for a prefix that is not a valid name.
+    /// [`BusError::InvalidPrefix`] for a prefix that is not a valid name, [`BusError::Dir`]
+    /// if the directory is not one (or cannot be looked at).
     pub fn build(self) -> Result<Bus, BusError> {
         validate_name(&self.prefix).map_err(|reason| BusError::InvalidPrefix {
             prefix: self.prefix.clone(),
             reason,
         })?;
+        let dir_error = |source| BusError::Dir {
+            dir: self.dir.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&self.dir).map_err(dir_error)?;
+        if !meta.is_dir() {
+            return Err(dir_error(std::io::Error::from(
+                std::io::ErrorKind::NotADirectory,
+            )));
+        }
         Ok(Bus {
             prefix: self.prefix,
             access: self.access,
+            dir: self.dir,
         })
     }
 }

@@ -147,17 +147,23 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             self.history,
             geometry.capacity,
         )?;
-        let mut segment = Segment::create(&name, geometry.total_size, self.bus.access);
+        let mut segment =
+            Segment::create(&self.bus.dir, &name, geometry.total_size, self.bus.access);
         if matches!(segment, Err(SegmentError::AlreadyExists(_))) && self.remove_if_stale() {
             // What a killed publisher left behind, removed: create it afresh.
-            segment = Segment::create(&name, geometry.total_size, self.bus.access);
+            segment = Segment::create(&self.bus.dir, &name, geometry.total_size, self.bus.access);
         }
         let segment = segment.map_err(|e| match e {
             SegmentError::AlreadyExists(_) => CreateError::AlreadyExists {
                 topic: self.topic.clone(),
             },
-            SegmentError::NoSpace { needed, available } => CreateError::NoSpace {
+            SegmentError::NoSpace {
+                dir,
+                needed,
+                available,
+            } => CreateError::NoSpace {
                 topic: self.topic.clone(),
+                dir,
                 needed,
                 available,
             },
@@ -251,7 +257,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         let Some(lane) = lane else {
             if control.peers.leave() {
                 // The others left meanwhile: the name goes with the last one out.
-                let _ = segment::unlink(open.segment.name());
+                let _ = open.segment.unlink();
             }
             return Err(OpenError::TooManyPublishers {
                 topic: self.topic,
@@ -672,7 +678,7 @@ impl<T: ?Sized> Drop for Publisher<T> {
         let last = control.peers.leave();
         control.data.notify(&Futex);
         if last {
-            let _ = segment::unlink(self.segment.name());
+            let _ = self.segment.unlink();
         }
     }
 }

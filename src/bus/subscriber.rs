@@ -273,10 +273,11 @@ pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError>
             reason,
         })?;
     let topic = || topic.to_string();
-    let segment = Segment::open(&name, bus.access, 0, MAX_SEGMENT_SIZE).map_err(|e| match e {
-        SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
-        e => OpenError::Segment(e),
-    })?;
+    let segment =
+        Segment::open(&bus.dir, &name, bus.access, 0, MAX_SEGMENT_SIZE).map_err(|e| match e {
+            SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
+            e => OpenError::Segment(e),
+        })?;
     // `Segment::create` makes the name visible before it sets the size: an empty segment
     // is one being created.
     if segment.is_empty() {

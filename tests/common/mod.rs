@@ -105,12 +105,13 @@ pub fn arg(key: &str) -> String {
         .unwrap_or_else(|_| panic!("child argument {key} missing"))
 }
 
-/// The bus a child works on: the parent's, from the `prefix` argument.
+/// The bus a child works on: the parent's, from the `prefix` argument (and `dir`, if given).
 pub fn child_bus() -> shmbus::Bus {
     shmbus::Bus::builder()
         .prefix(&arg("prefix"))
+        .dir(arg_or("dir", shmbus::segment::SHM_DIR))
         .build()
-        .expect("valid prefix")
+        .expect("valid prefix and directory")
 }
 
 /// A child's argument `key`, or `default` if the parent did not pass it.
