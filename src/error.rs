@@ -204,6 +204,11 @@ pub enum LoanError {
         /// The slot size.
         max: usize,
     },
+    /// The topic's segment was truncated under this publisher (by another process): what it
+    /// writes reaches nobody. Noticed while waiting for room; see also
+    /// [`Publisher::truncated`](crate::Publisher::truncated).
+    #[error("the topic's segment was truncated by another process")]
+    Truncated,
 }
 
 /// `try_send` found the ring full; the message is handed back.
@@ -213,13 +218,16 @@ pub enum TrySendError<T> {
     /// The ring is full.
     #[error("ring is full")]
     Full(T),
+    /// The topic's segment was truncated by another process ([`LoanError::Truncated`]).
+    #[error("the topic's segment was truncated by another process")]
+    Truncated(T),
 }
 
 impl<T> TrySendError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            TrySendError::Full(t) => t,
+            TrySendError::Full(t) | TrySendError::Truncated(t) => t,
         }
     }
 }
@@ -228,6 +236,7 @@ impl<T> fmt::Debug for TrySendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Truncated(_) => f.write_str("Truncated(..)"),
         }
     }
 }
@@ -242,13 +251,18 @@ pub enum SendTimeoutError<T> {
     /// The ring is full and the topic's policy is [`Policy::Fail`](crate::Policy::Fail).
     #[error("ring is full (policy fail)")]
     Full(T),
+    /// The topic's segment was truncated by another process ([`LoanError::Truncated`]).
+    #[error("the topic's segment was truncated by another process")]
+    Truncated(T),
 }
 
 impl<T> SendTimeoutError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            SendTimeoutError::Timeout(t) | SendTimeoutError::Full(t) => t,
+            SendTimeoutError::Timeout(t)
+            | SendTimeoutError::Full(t)
+            | SendTimeoutError::Truncated(t) => t,
         }
     }
 }
@@ -258,6 +272,7 @@ impl<T> fmt::Debug for SendTimeoutError<T> {
         match self {
             SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
             SendTimeoutError::Full(_) => f.write_str("Full(..)"),
+            SendTimeoutError::Truncated(_) => f.write_str("Truncated(..)"),
         }
     }
 }
@@ -292,4 +307,12 @@ pub enum RecvError {
         /// The length allowed (the type's size, or at most the slot size for bytes).
         expected: u32,
     },
+    /// The topic's segment was truncated under this subscriber by another process (a buggy
+    /// or hostile peer with write access to it): the part past the new end reads as zeros
+    /// here, and nothing more will arrive. Reported, on every call, the first time a receive
+    /// finds nothing to read after the truncation was caught (a SIGBUS, handled: see
+    /// [`Segment::truncated`](crate::segment::Segment::truncated)). Open the topic again once
+    /// a publisher has created it again.
+    #[error("the topic's segment was truncated by another process")]
+    Truncated,
 }

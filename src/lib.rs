@@ -55,6 +55,8 @@ pub mod wait;
 pub mod layout;
 #[cfg(not(shmbus_loom))]
 pub mod segment;
+#[cfg(not(shmbus_loom))]
+mod sigbus;
 
 #[cfg(not(shmbus_loom))]
 mod bus;

@@ -190,9 +190,11 @@ impl Access {
     }
 }
 
-/// A mapped shared-memory segment. Unmapped on drop; the name stays until [`unlink`].
+/// A mapped shared-memory segment. Unmapped on drop; the name stays until [`Segment::unlink`].
 #[derive(Debug)]
 pub struct Segment {
+    // Declared first: unregistered before the mapping is unmapped.
+    guard: Option<crate::sigbus::Registration>,
     map: MmapRaw,
     name: String,
     path: PathBuf,
@@ -330,7 +332,10 @@ impl Segment {
             .populate()
             .map_raw(&file)
             .map_err(|e| io("mmap", name, e))?;
+        // Before anyone reads it: from now on a truncation of the file is caught.
+        let guard = crate::sigbus::register(map.as_mut_ptr(), map.len());
         Ok(Self {
+            guard,
             map,
             name: name.into(),
             path,
@@ -397,6 +402,22 @@ impl Segment {
         let unheld = flock(&self._file, FlockOperation::NonBlockingLockExclusive).is_ok();
         let _ = flock(&self._file, FlockOperation::LockShared);
         unheld
+    }
+
+    /// Whether the file was found truncated under this mapping: an access past its new end
+    /// was caught (SIGBUS), and from that page on the mapping now holds private zeros (see
+    /// `src/sigbus.rs`). One relaxed load; `false` also where the defence could not be set
+    /// up (its table of 1024 mappings full).
+    #[inline]
+    pub fn truncated(&self) -> bool {
+        self.truncation().is_set()
+    }
+
+    /// The flag [`Segment::truncated`] reads, for a reader that keeps it beside the mapping.
+    pub(crate) fn truncation(&self) -> crate::sigbus::Flag {
+        self.guard
+            .as_ref()
+            .map_or(crate::sigbus::Flag::NONE, |g| g.flag())
     }
 
     /// Remove the segment's name, whatever it names now (see [`Segment::unlink_locked`] for

@@ -1,7 +1,8 @@
 //! Fault injection: publishers killed with SIGKILL at random points of a stream, over and over.
 //! Each kill is checked: every message delivered before it is whole and in its place, the
 //! subscriber is told the publisher is gone (never left waiting), and the next publisher takes
-//! the dead one's lane over and the sequence goes on.
+//! the dead one's lane over and the sequence goes on. A segment scribbled on, or truncated,
+//! under a publisher and a subscriber process kills neither.
 
 mod common;
 
@@ -23,6 +24,9 @@ fn child_entry() {
         "publish-forever" => child_publish_forever(),
         "subscribe-chaos" => child_subscribe_chaos(),
         "scribble" => child_scribble(),
+        "publish-until-truncated" => child_publish_until_truncated(),
+        "subscribe-until-truncated" => child_subscribe_until_truncated(),
+        "fault-elsewhere" => child_fault_elsewhere(),
         other => panic!("unknown child role {other}"),
     };
     exit_child(code)
@@ -99,6 +103,114 @@ fn child_scribble() -> i32 {
             std::thread::yield_now();
         }
     }
+}
+
+/// Create topic `topic` (policy `policy`) and publish until the publisher finds its segment
+/// truncated; say how many messages it sent.
+fn child_publish_until_truncated() -> i32 {
+    let policy = match arg("policy").as_str() {
+        "overwrite" => shmbus::Policy::Overwrite,
+        _ => shmbus::Policy::Block,
+    };
+    let mut publisher = child_bus()
+        .publisher::<Msg>(&arg("topic"))
+        .capacity(1024)
+        .policy(policy)
+        .create()
+        .expect("create the topic");
+    say("READY");
+    let end = Instant::now() + CHILD_STALL;
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        match publisher.send_timeout(message(seq), Duration::from_millis(20)) {
+            Ok(()) => seq += 1,
+            Err(shmbus::SendTimeoutError::Truncated(_)) => {
+                say(&format!("RESULT sent={seq} how=send"));
+                return 0;
+            }
+            Err(_) => {}
+        }
+        // A publisher that never waits (Overwrite, or a Block one whose subscriber table now
+        // reads empty) learns it here.
+        if seq % 64 == 0 && publisher.truncated() {
+            say(&format!("RESULT sent={seq} how=truncated"));
+            return 0;
+        }
+    }
+    eprintln!("still not told of the truncation after {CHILD_STALL:?}");
+    1
+}
+
+/// Receive from topic `topic` until told the segment was truncated; say what came before.
+fn child_subscribe_until_truncated() -> i32 {
+    let mut subscriber = child_bus()
+        .subscriber::<Msg>(&arg("topic"))
+        .open_timeout(CHILD_STALL)
+        .expect("open the topic");
+    say("READY");
+    let end = Instant::now() + CHILD_STALL;
+    let (mut good, mut wrong, mut corrupt) = (0u64, 0u64, 0u64);
+    while Instant::now() < end {
+        match subscriber.recv_timeout(Duration::from_millis(50)) {
+            Ok(Some(sample)) => {
+                // Under Overwrite a lapped subscriber skips ahead: check the message against
+                // its own number.
+                match check_message(sample.seq(), sample.seq(), &sample) {
+                    None => good += 1,
+                    Some(_) => wrong += 1,
+                }
+                if good == 1000 {
+                    say("STREAMING");
+                }
+            }
+            Ok(None) => {}
+            Err(RecvError::Truncated) => {
+                say(&format!(
+                    "RESULT good={good} wrong={wrong} corrupt={corrupt}"
+                ));
+                return 0;
+            }
+            Err(RecvError::Corrupt { .. }) => corrupt += 1,
+            Err(e) => {
+                eprintln!("expected RecvError::Truncated, got {e:?} after {good} messages");
+                return 2;
+            }
+        }
+        if subscriber.truncated() {
+            // Asked directly, it knows before its next receive says so.
+            assert!(matches!(subscriber.try_recv(), Err(RecvError::Truncated)));
+        }
+    }
+    eprintln!("still not told of the truncation after {CHILD_STALL:?}");
+    1
+}
+
+/// With a subscriber open (so that shmbus's SIGBUS handler is in place), map a file of this
+/// process's own, truncate it and read past its end: shmbus must pass that fault on, and the
+/// process dies of SIGBUS as it would without shmbus.
+fn child_fault_elsewhere() -> i32 {
+    let _subscriber = child_bus()
+        .subscriber::<Msg>(&arg("topic"))
+        .open()
+        .expect("open the topic");
+    let path = arg("file");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(1 << 16).unwrap();
+    // SAFETY: this process's own file; reading it past its end after the truncation below is
+    // the fault this child exists to take.
+    let map = unsafe { memmap2::MmapOptions::new().map(&file) }.unwrap();
+    file.set_len(0).unwrap();
+    say("READY");
+    // SAFETY: inside the mapping; the page is past the file's end: SIGBUS.
+    let byte = unsafe { map.as_ptr().add(1 << 15).read_volatile() };
+    eprintln!("read {byte} past the end of the file and lived");
+    0
 }
 
 /// A small xorshift, seeded from the clock: where in the stream each kill lands.
@@ -237,4 +349,70 @@ fn a_subscriber_reading_a_segment_another_process_scribbles_on_neither_panics_no
         out.assert_success();
         eprintln!("{policy}: {seq} sent; {}", out.result_line());
     }
+}
+
+#[test]
+fn a_segment_truncated_under_a_publisher_and_a_subscriber_kills_neither_and_both_are_told() {
+    let prefix = common::unique_prefix("truncate");
+    let _cleanup = Cleanup::new(&prefix);
+    for policy in ["block", "overwrite"] {
+        // To nothing, to the header's page, and through the middle of the slots.
+        for cut in ["zero", "header", "half"] {
+            let topic = format!("t-{policy}-{cut}");
+            let mut publisher = ChildProc::spawn(
+                "publish-until-truncated",
+                &[("prefix", &prefix), ("topic", &topic), ("policy", policy)],
+            );
+            publisher.wait_for_line("READY");
+            let mut subscriber = ChildProc::spawn(
+                "subscribe-until-truncated",
+                &[("prefix", &prefix), ("topic", &topic)],
+            );
+            subscriber.wait_for_line("STREAMING");
+            let path = format!("/dev/shm/{prefix}{topic}");
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let size = file.metadata().unwrap().len();
+            let to = match cut {
+                "zero" => 0,
+                "header" => 4096,
+                _ => size / 2,
+            };
+            file.set_len(to).unwrap();
+            let (published, received) = (publisher.finish(), subscriber.finish());
+            // Neither died of SIGBUS; each said how it learned.
+            published.assert_success();
+            received.assert_success();
+            eprintln!(
+                "{policy}, cut to {to} of {size} bytes: publisher {}; subscriber {}",
+                published.result_line(),
+                received.result_line()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fault_outside_every_segment_still_kills_the_process_with_sigbus() {
+    use std::os::unix::process::ExitStatusExt;
+    let prefix = common::unique_prefix("elsewhere");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let _publisher = bus.publisher::<Msg>("t").create().unwrap();
+    let file = std::env::temp_dir().join(format!("{prefix}file"));
+    let mut child = ChildProc::spawn(
+        "fault-elsewhere",
+        &[
+            ("prefix", &prefix),
+            ("topic", "t"),
+            ("file", file.to_str().unwrap()),
+        ],
+    );
+    child.wait_for_line("READY");
+    let done = child.finish();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        done.status.signal(),
+        Some(rustix::process::Signal::BUS.as_raw()),
+        "{done:#?}"
+    );
 }

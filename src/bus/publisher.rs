@@ -316,6 +316,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 barrier_ok,
                 staging,
                 slot_size: geometry.slot_size,
+                truncation: segment.truncation(),
             },
             topic: self.topic,
             segment,
@@ -343,6 +344,8 @@ struct Inner {
     policy: Policy,
     wait: WaitStrategy,
     barrier_ok: bool,
+    /// Set if the segment is found truncated under this mapping (`crate::sigbus`).
+    truncation: crate::sigbus::Flag,
     /// Overwrite: where a loan is written before `send` stores it into the slot, word by word
     /// (subscribers may be copying the slot meanwhile; see `crate::ring::broadcast`).
     staging: Option<AlignedWords>,
@@ -384,6 +387,9 @@ impl Inner {
     /// dead, so that a killed subscriber stops its publisher for one slice at most.
     #[cold]
     fn claim_slow(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
+        if self.truncation.is_set() {
+            return Err(LoanError::Truncated);
+        }
         if self.policy == Policy::Fail {
             return Err(LoanError::Full);
         }
@@ -401,6 +407,9 @@ impl Inner {
                 if let Some(ptr) = self.try_claim() {
                     return Ok(ptr);
                 }
+            }
+            if self.truncation.is_set() {
+                return Err(LoanError::Truncated);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(LoanError::Timeout);
@@ -458,6 +467,14 @@ impl<T: ?Sized> Publisher<T> {
     /// The topic's name.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Whether another process truncated the topic's segment under this publisher: what it
+    /// sends since reaches nobody. The waiting calls report it (`LoanError::Truncated` and
+    /// the like) when they find the ring full; a publisher that never waits (Overwrite, or
+    /// one far ahead of its subscribers) can ask here. One relaxed load.
+    pub fn truncated(&self) -> bool {
+        self.inner.truncation.is_set()
     }
 
     /// Number of slots.
@@ -588,6 +605,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
                 loan.send();
                 Ok(())
             }
+            Err(LoanError::Truncated) => Err(TrySendError::Truncated(value)),
             Err(_) => Err(TrySendError::Full(value)),
         }
     }
@@ -605,6 +623,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
                 Ok(())
             }
             Err(LoanError::Full) => Err(SendTimeoutError::Full(value)),
+            Err(LoanError::Truncated) => Err(SendTimeoutError::Truncated(value)),
             Err(_) => Err(SendTimeoutError::Timeout(value)),
         }
     }

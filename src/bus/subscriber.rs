@@ -168,6 +168,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             barrier_ok,
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),
+            truncation: open.segment.truncation(),
             _segment: open.segment,
             _type: PhantomData,
         })
@@ -377,6 +378,8 @@ pub struct Subscriber<T: ?Sized> {
     /// `Some(size_of::<T>())` for typed topics: every message must have exactly that length.
     expected_len: Option<u32>,
     topic: String,
+    /// Set if the segment is found truncated under this mapping (`crate::sigbus`).
+    truncation: crate::sigbus::Flag,
     // Declared last: dropped after the fields that point into it.
     _segment: Segment,
     _type: PhantomData<fn(&T)>,
@@ -391,6 +394,12 @@ impl<T: ?Sized> Subscriber<T> {
     fn control(&self) -> &TopicControl {
         // SAFETY: in the mapping, which outlives `self`'s use of it.
         unsafe { &*self.control }
+    }
+
+    /// Whether another process truncated the topic's segment under this subscriber (the
+    /// receives then report [`RecvError::Truncated`]). One relaxed load.
+    pub fn truncated(&self) -> bool {
+        self.truncation.is_set()
     }
 
     /// The topic's name.
@@ -532,6 +541,11 @@ impl<T: ?Sized> Subscriber<T> {
 
     #[inline]
     fn poll_empty(&mut self) -> Result<Option<Ready>, RecvError> {
+        // Before anything here is believed: a truncated segment reads as zeros past its new
+        // end, which look like empty lanes and a closed topic.
+        if self.truncation.is_set() {
+            return Err(RecvError::Truncated);
+        }
         // About to report "nothing": give back every slot read, so that no publisher waits
         // for slots this side is done with.
         let mut flushed = self.reader.flush();
@@ -548,6 +562,10 @@ impl<T: ?Sized> Subscriber<T> {
         }
         if self.has_news() {
             return Ok(None); // a message landed meanwhile: the caller polls again
+        }
+        if self.truncation.is_set() {
+            // The zeros just read (the count above) were the truncation's, not a close.
+            return Err(RecvError::Truncated);
         }
         Err(RecvError::Disconnected)
     }
