@@ -307,6 +307,14 @@ pub enum RecvError {
         /// The length allowed (the type's size, or at most the slot size for bytes).
         expected: u32,
     },
+    /// A message that is not a valid value of a [`Checked`](crate::Checked) topic's type (a
+    /// `bool` that is neither 0 nor 1, an enum's unknown discriminant): a buggy or hostile
+    /// publisher. It was skipped; the next receive goes on with the next message.
+    #[error("message {seq} is not a valid value of the topic's type")]
+    InvalidBitPattern {
+        /// Its sequence number.
+        seq: u64,
+    },
     /// The topic's segment was truncated under this subscriber by another process (a buggy
     /// or hostile peer with write access to it): the part past the new end reads as zeros
     /// here, and nothing more will arrive. Reported, on every call, the first time a receive

@@ -65,9 +65,9 @@ mod error;
 
 #[cfg(not(shmbus_loom))]
 pub use bus::{
-    Bus, BusBuilder, Loan, Payload, Publisher, PublisherBuilder, Sample, Subscriber,
-    SubscriberBuilder, SubscriberInfo, TopicInfo, DEFAULT_MAX_SUBSCRIBERS, DEFAULT_PREFIX,
-    SLIP_RUN,
+    Bus, BusBuilder, Checked, InPlace, Loan, Payload, Publisher, PublisherBuilder, Sample,
+    Subscriber, SubscriberBuilder, SubscriberInfo, TopicInfo, DEFAULT_MAX_SUBSCRIBERS,
+    DEFAULT_PREFIX, SLIP_RUN,
 };
 #[cfg(not(shmbus_loom))]
 pub use error::{

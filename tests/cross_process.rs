@@ -76,7 +76,7 @@ fn child_entry() {
 /// number expected and the sample; returns what is wrong, if anything); report count and
 /// errors. With `blocking`, receives with `recv` (no timeout: only the watchdog ends a lost
 /// wake-up), else with `recv_timeout`.
-fn receive_all<T: ?Sized>(
+fn receive_all<T: ?Sized + shmbus::InPlace>(
     subscriber: &mut Subscriber<T>,
     blocking: bool,
     check: impl Fn(u64, &Sample<'_, T>) -> Option<String>,

@@ -25,7 +25,7 @@ mod publisher;
 mod subscriber;
 
 pub use discovery::{SubscriberInfo, TopicInfo};
-pub use payload::Payload;
+pub use payload::{Checked, InPlace, Payload};
 pub use publisher::{Loan, Publisher, PublisherBuilder, DEFAULT_MAX_SUBSCRIBERS};
 pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 

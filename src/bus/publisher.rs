@@ -1,7 +1,7 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
 use super::control::{control_size, TopicControl};
-use super::payload::{AlignedWords, Payload};
+use super::payload::{AlignedWords, Checked, Payload};
 use super::subscriber::open_topic;
 use super::Bus;
 use crate::error::{
@@ -13,6 +13,7 @@ use crate::ring::MappedSlots;
 use crate::segment::{self, Segment, SegmentError};
 use crate::sync::Ordering;
 use crate::wait::{self, Futex, WaitStrategy};
+use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
@@ -620,6 +621,67 @@ impl<T: bytemuck::Pod> Publisher<T> {
             Ok(mut loan) => {
                 loan.write(value);
                 loan.send();
+                Ok(())
+            }
+            Err(LoanError::Full) => Err(SendTimeoutError::Full(value)),
+            Err(LoanError::Truncated) => Err(SendTimeoutError::Truncated(value)),
+            Err(_) => Err(SendTimeoutError::Timeout(value)),
+        }
+    }
+}
+
+impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
+    /// Copy `value`'s bytes into the slot `ptr` and send them.
+    #[inline]
+    fn write_and_send(&mut self, ptr: *mut u8, value: &T) {
+        let bytes = bytemuck::bytes_of(value);
+        // SAFETY: `ptr` is the claimed slot (or the Overwrite staging buffer): at least
+        // `size_of::<T>()` bytes (the topic's slot size is the type's), this publisher's alone
+        // until the commit below.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
+        self.inner.commit(bytes.len() as u32);
+    }
+
+    /// Send `value` without waiting.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] hands `value` back.
+    #[inline]
+    pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        match self.inner.try_claim() {
+            Some(ptr) => {
+                self.write_and_send(ptr, &value);
+                Ok(())
+            }
+            None => Err(TrySendError::Full(value)),
+        }
+    }
+
+    /// Send `value`, waiting while the ring is full.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] at once under [`Policy::Fail`]; [`TrySendError::Truncated`].
+    #[inline]
+    pub fn send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        match self.inner.claim(None) {
+            Ok(ptr) => {
+                self.write_and_send(ptr, &value);
+                Ok(())
+            }
+            Err(LoanError::Truncated) => Err(TrySendError::Truncated(value)),
+            Err(_) => Err(TrySendError::Full(value)),
+        }
+    }
+
+    /// Like [`Publisher::<Checked<T>>::send`](Publisher::send), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`], [`SendTimeoutError::Full`] (Fail),
+    /// [`SendTimeoutError::Truncated`]: each hands `value` back.
+    pub fn send_timeout(&mut self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        match self.inner.claim(Some(Instant::now() + timeout)) {
+            Ok(ptr) => {
+                self.write_and_send(ptr, &value);
                 Ok(())
             }
             Err(LoanError::Full) => Err(SendTimeoutError::Full(value)),

@@ -2,18 +2,20 @@
 
 use super::control::{claim_entry, control_size, TopicControl};
 use super::payload::AlignedWords;
+use super::payload::{Checked, InPlace, Payload};
 use super::publisher::LIVENESS_CHECK;
-use super::{payload::Payload, Bus};
+use super::Bus;
 use crate::error::{OpenError, RecvError};
 use crate::layout::{
     Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_LANES, MAX_READERS,
     MAX_SEGMENT_SIZE,
 };
 use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready};
-use crate::ring::MappedSlots;
+use crate::ring::{MappedSlots, SlotStorage};
 use crate::segment::{identity_alive, identity_pid, Segment, SegmentError};
 use crate::sync::{spin_hint, Ordering};
 use crate::wait::{self, Futex, WaitStrategy};
+use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::time::{Duration, Instant};
@@ -149,6 +151,10 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         let first_seq = reader.next_seq();
         let copy = (shape.policy == Policy::Overwrite)
             .then(|| AlignedWords::new(open.geometry.slot_size as usize, T::align()));
+        // A `Checked` payload under Block and Fail is copied out of its slot to be validated
+        // (under Overwrite, `copy` is where it lands already).
+        let check = (T::validated() && copy.is_none())
+            .then(|| AlignedWords::new(open.geometry.slot_size as usize, T::align()));
         let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
         Ok(Subscriber {
             reader,
@@ -159,6 +165,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             lane: 0,
             turn: 0,
             copy,
+            check,
             policy: shape.policy,
             control,
             wait: self.wait,
@@ -364,6 +371,8 @@ pub struct Subscriber<T: ?Sized> {
     reported_dead: Box<[u64]>,
     /// Overwrite: where each message is copied (and validated) before it is handed out.
     copy: Option<AlignedWords>,
+    /// Block and Fail, `Checked` payloads: where each message is copied to be validated.
+    check: Option<AlignedWords>,
     policy: Policy,
     /// Points into `segment`'s mapping.
     control: *const TopicControl,
@@ -760,6 +769,47 @@ impl<T: ?Sized> Subscriber<T> {
         }
     }
 
+    /// A sample of a private copy of the message, once `valid` says its bytes are a value;
+    /// otherwise the message is skipped with [`RecvError::InvalidBitPattern`].
+    #[inline]
+    fn validated_sample(
+        &mut self,
+        ready: Ready,
+        valid: fn(&[u8]) -> bool,
+    ) -> Result<Sample<'_, T>, RecvError> {
+        let ptr = match (&mut self.copy, &mut self.check) {
+            // Overwrite: copied (and the copy checked against the slot's stamp) already.
+            (Some(copy), _) => copy.ptr() as *const u8,
+            (None, Some(check)) => {
+                let reader = match self.lane {
+                    0 => &self.reader,
+                    lane => &self.more[lane - 1],
+                };
+                // Word by word, atomically: the publisher (or anyone) may write the slot
+                // while it is read, and no `T` is made of these bytes until they are checked.
+                let words = reader.storage().payload_words(ready.index);
+                for (to, from) in check.words_mut().iter_mut().zip(words) {
+                    *to = from.load(Ordering::Relaxed);
+                }
+                check.ptr() as *const u8
+            }
+            (None, None) => unreachable!("a validated payload has a buffer to copy into"),
+        };
+        // SAFETY: `ptr` is this subscriber's buffer of at least a slot's size, and the length
+        // was checked against the type's size (`expected_len`) when the message was found.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, ready.len as usize) };
+        if !valid(bytes) {
+            self.release();
+            return Err(RecvError::InvalidBitPattern { seq: ready.seq });
+        }
+        Ok(Sample {
+            ptr,
+            len: ready.len,
+            seq: ready.seq,
+            subscriber: self,
+        })
+    }
+
     #[inline(always)]
     fn sample(&mut self, ready: Ready) -> Sample<'_, T> {
         let ptr = match &mut self.copy {
@@ -778,7 +828,9 @@ impl<T: ?Sized> Subscriber<T> {
             subscriber: self,
         }
     }
+}
 
+impl<T: ?Sized + InPlace> Subscriber<T> {
     /// The next message if one is ready, without waiting. Real-time safe: no allocation, lock
     /// or syscall (a wake syscall only if the publisher sleeps on a full ring).
     ///
@@ -826,6 +878,66 @@ impl<T: ?Sized> Subscriber<T> {
             None => Ok(None),
         }
     }
+}
+
+impl<T: CheckedBitPattern + NoUninit> Subscriber<Checked<T>> {
+    /// The next message if one is ready, copied and validated, without waiting. Real-time
+    /// safe, as [`Subscriber::try_recv`] for in-place payloads.
+    ///
+    /// # Errors
+    /// [`RecvError::InvalidBitPattern`] for a message that is not a valid `T` (skipped), and
+    /// those of the in-place form.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Option<Sample<'_, Checked<T>>>, RecvError> {
+        let ready = match self.poll_ready() {
+            Some(ready) => ready,
+            None => match self.poll_slow()? {
+                Some(ready) => ready,
+                None => return Ok(None),
+            },
+        };
+        self.validated_sample(ready, is_valid::<T>).map(Some)
+    }
+
+    /// The next message, copied and validated, waiting for as long as it takes.
+    ///
+    /// # Errors
+    /// As [`Subscriber::<Checked<T>>::try_recv`](Subscriber::try_recv).
+    #[inline]
+    pub fn recv(&mut self) -> Result<Sample<'_, Checked<T>>, RecvError> {
+        let ready = match self.poll_ready() {
+            Some(ready) => ready,
+            None => self
+                .recv_deadline(None)?
+                .expect("a wait without a deadline ends only with a message or an error"),
+        };
+        self.validated_sample(ready, is_valid::<T>)
+    }
+
+    /// The next message, copied and validated, waiting up to `timeout`; `Ok(None)` if none
+    /// came.
+    ///
+    /// # Errors
+    /// As [`Subscriber::<Checked<T>>::try_recv`](Subscriber::try_recv).
+    #[inline]
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Sample<'_, Checked<T>>>, RecvError> {
+        let ready = match self.poll_ready() {
+            Some(ready) => ready,
+            None => match self.recv_deadline(Some(Instant::now() + timeout))? {
+                Some(ready) => ready,
+                None => return Ok(None),
+            },
+        };
+        self.validated_sample(ready, is_valid::<T>).map(Some)
+    }
+}
+
+/// Whether `bytes` (`size_of::<T>()` of them, aligned for `T`) are a valid `T`.
+fn is_valid<T: CheckedBitPattern>(bytes: &[u8]) -> bool {
+    bytemuck::checked::try_from_bytes::<T>(bytes).is_ok()
 }
 
 impl<T: ?Sized> Drop for Subscriber<T> {
@@ -896,6 +1008,27 @@ impl<T: bytemuck::Pod> Deref for Sample<'_, T> {
         // the publisher does not reuse the slot before we release it on drop; any bytes are a
         // valid `T` (`Pod`).
         unsafe { &*(self.ptr as *const T) }
+    }
+}
+
+impl<T: CheckedBitPattern + NoUninit> Deref for Sample<'_, Checked<T>> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the sample points at the subscriber's private copy of the message (never at
+        // shared memory: see `validated_sample`), aligned for `T`, `size_of::<T>()` bytes that
+        // `CheckedBitPattern` found to be a valid `T`; the copy stays as it is while the
+        // sample borrows the subscriber.
+        unsafe { &*(self.ptr as *const T) }
+    }
+}
+
+impl<T: CheckedBitPattern + NoUninit + std::fmt::Debug> std::fmt::Debug for Sample<'_, Checked<T>> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("seq", &self.seq)
+            .field("value", &**self)
+            .finish()
     }
 }
 
