@@ -317,10 +317,11 @@ pub enum RecvError {
     },
     /// The topic's segment was truncated under this subscriber by another process (a buggy
     /// or hostile peer with write access to it): the part past the new end reads as zeros
-    /// here, and nothing more will arrive. Reported, on every call, the first time a receive
-    /// finds nothing to read after the truncation was caught (a SIGBUS, handled: see
-    /// [`Segment::truncated`](crate::segment::Segment::truncated)). Open the topic again once
-    /// a publisher has created it again.
+    /// here, and nothing more will arrive. Reported, on every call, once a receive finds
+    /// nothing to read after the truncation was caught (a SIGBUS, handled: see
+    /// [`Segment::truncated`](crate::segment::Segment::truncated)), and by the blocking
+    /// receives' liveness checks and in place of `Disconnected` if the file is found shorter
+    /// than the mapping. Open the topic again once a publisher has created it again.
     #[error("the topic's segment was truncated by another process")]
     Truncated,
 }

@@ -413,6 +413,13 @@ impl Segment {
         self.truncation().is_set()
     }
 
+    /// Whether the file is now shorter than the mapping (a system call, `fstat`): a
+    /// truncation that this process has not touched the missing part of yet, so that
+    /// [`Segment::truncated`] cannot know of it. For slow paths (a topic found closed).
+    pub fn shrunk(&self) -> bool {
+        rustix::fs::fstat(&self._file).is_ok_and(|st| (st.st_size as u64) < self.len())
+    }
+
     /// The flag [`Segment::truncated`] reads, for a reader that keeps it beside the mapping.
     pub(crate) fn truncation(&self) -> crate::sigbus::Flag {
         self.guard

@@ -3,7 +3,7 @@
 
 use crossbeam_utils::CachePadded;
 use loom::thread;
-use shmbus::ring::broadcast::{Peek, Reader, ReaderEntry, Table, Writer, WriterWords, EVICTING};
+use shmbus::ring::broadcast::{evictor_of, Peek, Reader, ReaderEntry, Table, Writer, WriterWords};
 use shmbus::ring::{HeapSlots, SlotStorage};
 use std::sync::Arc;
 
@@ -133,7 +133,7 @@ impl Ring {
             if entry.take_over(dead, owner) || entry.try_take(owner) {
                 break;
             }
-            if entry.owner() != EVICTING {
+            if evictor_of(entry.owner()).is_none() {
                 return None;
             }
             thread::yield_now();

@@ -7,6 +7,7 @@
 #![cfg(shmbus_loom)]
 
 use loom::thread;
+use shmbus::ring::broadcast::evicting;
 use shmbus_loom_tests::{value_of, Mode, Ring};
 
 /// The smallest ring: every message after the second reuses a slot.
@@ -186,6 +187,11 @@ fn two_writers_in_two_lanes_reach_one_reader_each_in_its_order() {
     });
 }
 
+/// The identity of the lane's writer in the eviction models (any number without `EVICTING_BIT`).
+const WRITER: u64 = 100;
+/// A writer of the lane before `WRITER`, dead.
+const DEAD_WRITER: u64 = 99;
+
 /// A writer evicts a dead reader while a new reader takes the dead one's entry over (the bus's
 /// `evict_dead` against `claim_entry`). Whatever the interleaving, exactly one of two things
 /// happens: the eviction wins and the newcomer takes the freed entry, or the newcomer wins and
@@ -199,7 +205,7 @@ fn an_eviction_never_unregisters_the_reader_that_took_the_entry_over() {
         drop(dead);
         let evictor = thread::spawn({
             let ring = ring.clone();
-            move || ring.entry(0).evict(1)
+            move || ring.entry(0).evict(1, WRITER)
         });
         let newcomer = ring.take_over(0, 1, 2);
         let evicted = evictor.join().unwrap();
@@ -208,6 +214,34 @@ fn an_eviction_never_unregisters_the_reader_that_took_the_entry_over() {
         assert!(
             ring.entry(0).head().is_some(),
             "the newcomer's head was cleared (evicted: {evicted})"
+        );
+        drop(newcomer);
+    });
+}
+
+/// A writer died half-way through an eviction: the entry holds its marker (and maybe the dead
+/// reader's head) for good. The lane's next writer finishes that eviction while a new reader
+/// takes the entry over from the marker (the bus's `evict_dead` against `claim_mirror`):
+/// whatever the interleaving, the newcomer ends registered and owns the entry.
+#[test]
+fn an_eviction_left_by_a_dead_writer_is_finished_without_unregistering_a_newcomer() {
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 1);
+        let dead = ring.join(0, 0); // registered, then never heard from again
+        drop(dead);
+        let left = evicting(DEAD_WRITER);
+        ring.entry(0).set_owner(left); // the dead writer's first store, not its second
+        let next_writer = thread::spawn({
+            let ring = ring.clone();
+            move || ring.entry(0).evict(left, WRITER)
+        });
+        let newcomer = ring.take_over(0, left, 2);
+        let finished = next_writer.join().unwrap();
+        let newcomer = newcomer.expect("the entry was the dead writer's marker or free");
+        assert_eq!(ring.entry(0).owner(), 2, "finished: {finished}");
+        assert!(
+            ring.entry(0).head().is_some(),
+            "the newcomer's head was cleared (finished: {finished})"
         );
         drop(newcomer);
     });

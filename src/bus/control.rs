@@ -10,7 +10,7 @@
 //! Subscriber `i` holds entry `i` of every lane (taken in lane 0's table, mirrored in the
 //! others), so that each publisher sees every subscriber's position in its own ring.
 
-use crate::ring::broadcast::{ReaderEntry, Table, WriterWords, EVICTING};
+use crate::ring::broadcast::{evictor_of, ReaderEntry, Table, WriterWords};
 use crate::segment::{identity_alive, identity_pid};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::WaitCell;
@@ -121,9 +121,10 @@ impl Peers {
     }
 }
 
-/// Take a free entry of `table` for identity `me` (`segment::my_identity`), or one whose
-/// holder is dead (its pid gone, or reused by a process that started later). Returns its
-/// index, or the pids of the holders when every entry is held by a live process.
+/// Take a free entry of `table` (lane 0's) for identity `me` (`segment::my_identity`), or one
+/// whose holder is dead (its pid gone, or reused by a process that started later), or one
+/// whose eviction was left unfinished by a dead writer. Returns its index, or the pids of the
+/// holders when every entry is held by a live process.
 pub(crate) fn claim_entry(table: &Table, me: u64) -> Result<usize, Vec<u32>> {
     let entries = table.entries();
     for (i, e) in entries.iter().enumerate() {
@@ -133,47 +134,173 @@ pub(crate) fn claim_entry(table: &Table, me: u64) -> Result<usize, Vec<u32>> {
     }
     let mut holders = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let mut holder = e.owner();
-        // A publisher is evicting the dead holder: two stores away from a free entry.
-        for _ in 0..EVICTION_PATIENCE {
-            if holder != EVICTING {
-                break;
-            }
-            std::thread::yield_now();
-            holder = e.owner();
-        }
+        let holder = settled_owner(e);
         if holder == 0 {
             if e.try_take(me) {
                 return Ok(i);
             }
             continue;
         }
-        if holder != EVICTING && !identity_alive(holder) && e.take_over(holder, me) {
+        let gone = match evictor_of(holder) {
+            // Still evicting after all that patience: alive but slow; count it as held.
+            Some(evictor) => !identity_alive(evictor),
+            None => !identity_alive(holder),
+        };
+        if gone && e.take_over(holder, me) {
             return Ok(i);
         }
-        holders.push(identity_pid(holder));
+        holders.push(identity_pid(evictor_of(holder).unwrap_or(holder)));
     }
     Err(holders)
 }
 
+/// The entry's holder once any eviction under way by a live writer is over: a writer evicting
+/// is two stores away from a free entry, so this yields up to [`EVICTION_PATIENCE`] times for
+/// it. Returns at once if the evicting writer is dead (its eviction will never finish).
+fn settled_owner(e: &ReaderEntry) -> u64 {
+    let mut holder = e.owner();
+    let Some(evictor) = evictor_of(holder) else {
+        return holder;
+    };
+    if !identity_alive(evictor) {
+        return holder;
+    }
+    for _ in 0..EVICTION_PATIENCE {
+        std::thread::yield_now();
+        holder = e.owner();
+        if evictor_of(holder).is_none() {
+            break;
+        }
+    }
+    holder
+}
+
+/// Take entry `e` of a lane other than lane 0 for `me`, which holds the same index in lane
+/// 0's table: whoever holds it here is a former holder of the index (dead: a live one frees
+/// its other lanes before lane 0), or a writer evicting one. Waits for a live writer's
+/// eviction (see [`settled_owner`]); takes over from anyone else, a dead writer's unfinished
+/// eviction included. Returns whether the entry is `me`'s.
+pub(crate) fn claim_mirror(e: &ReaderEntry, me: u64) -> bool {
+    let holder = settled_owner(e);
+    if holder == me {
+        return true;
+    }
+    let gone = match evictor_of(holder) {
+        Some(evictor) => !identity_alive(evictor),
+        None => true,
+    };
+    gone && (if holder == 0 {
+        e.try_take(me)
+    } else {
+        e.take_over(holder, me)
+    })
+}
+
 /// How many times a claimant yields for an eviction under way before it counts the entry as
-/// held. An entry stays [`EVICTING`] for good only if its evictor died between two stores.
+/// held.
 const EVICTION_PATIENCE: u32 = 1000;
 
 /// Evict the dead subscribers of `table` (a publisher's own lane) that hold it back: those
-/// registered at a head at least `min_lag` behind `tail`. Returns how many it evicted. Makes
-/// system calls (the liveness checks): for a publisher that found its ring full.
-pub(crate) fn evict_dead(table: &Table, tail: u64, min_lag: u64) -> u64 {
+/// registered at a head at least `min_lag` behind `tail`; and finish the evictions a dead
+/// writer of this lane before `me` left half-done. Returns how many it evicted. Makes system
+/// calls (the liveness checks): for a publisher that found its ring full.
+pub(crate) fn evict_dead(table: &Table, tail: u64, min_lag: u64, me: u64) -> u64 {
     let mut evicted = 0;
     for e in table.entries() {
-        let Some(head) = e.head() else { continue };
         let holder = e.owner();
-        if tail.wrapping_sub(head) < min_lag || holder == 0 || holder == EVICTING {
+        if holder == 0 {
             continue;
         }
-        if !identity_alive(holder) && e.evict(holder) {
+        if let Some(evictor) = evictor_of(holder) {
+            // Only this lane's writer evicts in its table, and this writer is not evicting
+            // now: the marker is a dead predecessor's.
+            if !identity_alive(evictor) && e.evict(holder, me) {
+                evicted += 1;
+            }
+            continue;
+        }
+        let Some(head) = e.head() else { continue };
+        if tail.wrapping_sub(head) >= min_lag && !identity_alive(holder) && e.evict(holder, me) {
             evicted += 1;
         }
     }
     evicted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::broadcast::{evicting, Reader};
+    use crate::ring::HeapSlots;
+    use crate::segment::{identity_of, my_identity};
+    use crossbeam_utils::CachePadded;
+    use std::sync::Arc;
+
+    /// An identity that is not alive: this process's pid with another start time (a pid the
+    /// kernel reused, as far as the tables can tell).
+    fn dead_identity() -> u64 {
+        let me = my_identity();
+        identity_of(std::process::id(), (me >> 32).wrapping_add(1))
+    }
+
+    /// A table of `n` entries, entry 0 registered (head set) by a reader that then "died"
+    /// (forgotten, never unregistered), its owner word then set to `owner`.
+    fn table_with_stale_head(
+        n: usize,
+        owner: u64,
+    ) -> (Box<WriterWords>, Box<[CachePadded<ReaderEntry>]>, Table) {
+        let words = Box::new(WriterWords::new());
+        let entries: Box<[_]> = (0..n)
+            .map(|_| CachePadded::new(ReaderEntry::new()))
+            .collect();
+        // SAFETY: `words` and `entries` outlive every use of the reader and the table here
+        // (returned with them, heap-allocated so they do not move).
+        let reader =
+            unsafe { Reader::join(&*words, &*entries[0], Arc::new(HeapSlots::new(4)), 0) }.unwrap();
+        std::mem::forget(reader);
+        entries[0].set_owner(owner);
+        // SAFETY: as above.
+        let table = unsafe { Table::new(entries.as_ptr(), n) };
+        (words, entries, table)
+    }
+
+    #[test]
+    fn an_eviction_left_by_a_dead_writer_is_finished_by_the_next_writer() {
+        let me = my_identity();
+        let (_w, entries, table) = table_with_stale_head(2, evicting(dead_identity()));
+        assert!(entries[0].head().is_some());
+        assert_eq!(evict_dead(&table, 0, u64::MAX, me), 1);
+        assert_eq!((entries[0].owner(), entries[0].head()), (0, None));
+    }
+
+    #[test]
+    fn a_live_writers_eviction_is_left_to_it() {
+        let me = my_identity();
+        // Another writer of this process (alive) is evicting entry 0.
+        let (_w, entries, table) = table_with_stale_head(1, evicting(me));
+        assert_eq!(evict_dead(&table, 0, u64::MAX, me), 0);
+        assert_eq!(entries[0].owner(), evicting(me));
+        // A joiner waits for it a while, then counts the entry as held by that writer.
+        assert_eq!(claim_entry(&table, 7), Err(vec![std::process::id()]));
+        assert!(!claim_mirror(&entries[0], 7));
+    }
+
+    #[test]
+    fn a_joiner_takes_an_entry_whose_evicting_writer_died() {
+        let (_w, entries, table) = table_with_stale_head(1, evicting(dead_identity()));
+        assert_eq!(claim_entry(&table, 7), Ok(0));
+        assert_eq!(entries[0].owner(), 7);
+        let (_w, entries, _table) = table_with_stale_head(1, evicting(dead_identity()));
+        assert!(claim_mirror(&entries[0], 7));
+        assert_eq!(entries[0].owner(), 7);
+    }
+
+    #[test]
+    fn a_mirror_entry_is_taken_from_a_former_holder_or_free() {
+        let (_w, entries, _table) = table_with_stale_head(2, dead_identity());
+        assert!(claim_mirror(&entries[0], 7));
+        assert!(claim_mirror(&entries[1], 7));
+        assert!(claim_mirror(&entries[1], 7), "already ours");
+        assert_eq!((entries[0].owner(), entries[1].owner()), (7, 7));
+    }
 }

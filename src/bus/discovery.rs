@@ -109,7 +109,7 @@ impl Bus {
             .filter_map(|i| {
                 let first = &tables[0].entries()[i];
                 let owner = first.owner();
-                if owner == crate::ring::broadcast::EVICTING {
+                if crate::ring::broadcast::evictor_of(owner).is_some() {
                     return None;
                 }
                 let pid = crate::segment::identity_pid(owner);
@@ -213,7 +213,7 @@ pub(crate) fn is_stale(open: &OpenTopic) -> bool {
     (0..lanes).all(|k| {
         // SAFETY: `k < lanes`, counted in the validated control size; `open` keeps the mapping.
         let lane = unsafe { control.lane(k, max_readers) };
-        let held = |id: u64| id != 0 && id != crate::ring::broadcast::EVICTING;
+        let held = |id: u64| id != 0 && crate::ring::broadcast::evictor_of(id).is_none();
         let owner = lane.owner.id.load(Ordering::Acquire);
         if held(owner) && crate::segment::identity_alive(owner) {
             return false;

@@ -426,6 +426,7 @@ impl Inner {
             self.writer.table(),
             self.writer.next_seq(),
             self.capacity / 2,
+            segment::my_identity(),
         );
         if evicted > 0 {
             // SAFETY: the lane's owner words are in the mapping, which outlives `Inner`.

@@ -1,6 +1,6 @@
 //! The subscribing side of a topic: open it, check it, receive messages in place.
 
-use super::control::{claim_entry, control_size, TopicControl};
+use super::control::{claim_entry, claim_mirror, control_size, TopicControl};
 use super::payload::AlignedWords;
 use super::payload::{Checked, InPlace, Payload};
 use super::publisher::LIVENESS_CHECK;
@@ -100,7 +100,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         let (shape, lanes) = (open.shape, open.geometry.lanes);
         let control = open.control() as *const TopicControl;
         // SAFETY: the control block lives in `open.segment`, which the subscriber keeps (as
-        // `_segment`, dropped last); the raw pointer frees `open` to move.
+        // `segment`, dropped last); the raw pointer frees `open` to move.
         let control = unsafe { &*control };
         let lane = |k| {
             // SAFETY: `k < lanes`; the validated control size counts every lane.
@@ -122,23 +122,30 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             // value only describes where it is).
             unsafe { &*entry }
         };
-        let mut readers = Vec::with_capacity(lanes as usize);
+        let mut readers: Vec<Reader<MappedSlots>> = Vec::with_capacity(lanes as usize);
         for k in 0..lanes {
-            if k != 0 {
-                entry(k).set_owner(me);
-            }
             // SAFETY: the lane's words, its entry `index` and its slots are in the mapping,
-            // which the subscriber keeps; entry `index` is ours in every lane (taken in lane 0's
-            // table, whose holder owns the index in all of them).
-            match unsafe { Reader::join(&*lane(k).writer, entry(k), open.slots(k), self.history) } {
+            // which the subscriber keeps; entry `index` is ours in every lane once taken (in
+            // lane 0's table by `claim_entry`, in the others by `claim_mirror`).
+            let joined = (k == 0 || claim_mirror(entry(k), me))
+                .then(|| unsafe {
+                    Reader::join(&*lane(k).writer, entry(k), open.slots(k), self.history)
+                })
+                .flatten();
+            match joined {
                 Some(reader) => readers.push(reader),
                 None => {
-                    // Out of every table again: no publisher waits for a subscriber that is
-                    // not there.
-                    for reader in &readers {
-                        reader.unregister();
+                    // Out of every table again (lane 0's last: it holds the index), so that no
+                    // publisher waits for a subscriber that is not there.
+                    if k != 0 {
+                        let _ = entry(k).take_over(me, 0);
                     }
-                    (0..=k).for_each(|k| entry(k).set_owner(0));
+                    for reader in readers.iter().rev() {
+                        reader.leave_entry(me);
+                    }
+                    if k == 0 {
+                        let _ = entry(0).take_over(me, 0);
+                    }
                     return Err(OpenError::Contended {
                         topic: self.topic.clone(),
                     });
@@ -176,7 +183,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),
             truncation: open.segment.truncation(),
-            _segment: open.segment,
+            segment: open.segment,
             _type: PhantomData,
         })
     }
@@ -390,7 +397,7 @@ pub struct Subscriber<T: ?Sized> {
     /// Set if the segment is found truncated under this mapping (`crate::sigbus`).
     truncation: crate::sigbus::Flag,
     // Declared last: dropped after the fields that point into it.
-    _segment: Segment,
+    segment: Segment,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -572,8 +579,10 @@ impl<T: ?Sized> Subscriber<T> {
         if self.has_news() {
             return Ok(None); // a message landed meanwhile: the caller polls again
         }
-        if self.truncation.is_set() {
-            // The zeros just read (the count above) were the truncation's, not a close.
+        // The zeros just read (the count above) may be the truncation's, not a close; or the
+        // truncation cut only what this side has not touched (a system call: the topic is
+        // closing anyway).
+        if self.truncation.is_set() || self.segment.shrunk() {
             return Err(RecvError::Truncated);
         }
         Err(RecvError::Disconnected)
@@ -685,6 +694,10 @@ impl<T: ?Sized> Subscriber<T> {
     #[cold]
     #[inline(never)]
     fn check_publishers(&mut self) -> Result<(), RecvError> {
+        if self.segment.shrunk() {
+            // Cut under this subscriber where it has not read yet: nothing more will come.
+            return Err(RecvError::Truncated);
+        }
         let (mut any_alive, mut any_dead, mut newly_dead) = (false, None, None);
         for k in 0..self.lanes {
             // SAFETY: `k < lanes`, counted in the validated control size; the mapping lives as
@@ -943,11 +956,13 @@ fn is_valid<T: CheckedBitPattern>(bytes: &[u8]) -> bool {
 impl<T: ?Sized> Drop for Subscriber<T> {
     fn drop(&mut self) {
         // Out of the tables first: a publisher waiting for this subscriber stops waiting.
+        // Lane 0's entry last: while it is held, no other subscriber takes this index in the
+        // other lanes.
         let me = crate::segment::my_identity();
-        self.reader.leave_entry(me);
         for reader in self.more.iter() {
             reader.leave_entry(me);
         }
+        self.reader.leave_entry(me);
         let control = self.control();
         control.space.notify(&Futex);
         if self.wait.may_sleep() {

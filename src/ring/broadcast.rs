@@ -10,7 +10,7 @@
 //! |------|------------|---------|
 //! | `WriterWords::tail` | writer, after each commit | joiners (where to start), discovery (lag), a reader more than 2^31 messages behind (where to resume) |
 //! | `WriterWords::floor` | writer, at each scan | joiners |
-//! | `ReaderEntry::owner` | a reader, to take or leave its entry (CAS); a writer, to evict a dead one (CAS to [`EVICTING`], then 0) | readers, writer (when full), discovery |
+//! | `ReaderEntry::owner` | a reader, to take or leave its entry (CAS); a writer, to evict a dead one (CAS to its own identity marked with [`EVICTING_BIT`], then 0) | readers, writer (when full), discovery |
 //! | `ReaderEntry::head` | its reader: `next seq + 1`, `0` while the entry is unused | writer (scans), discovery |
 //! | `ReaderEntry::lost` | its reader (Overwrite) | discovery |
 //!
@@ -78,15 +78,29 @@ impl WriterWords {
     }
 }
 
-/// What an entry's `owner` holds while a writer evicts its dead reader: never an identity.
-pub const EVICTING: u64 = u64::MAX;
+/// Set in an entry's `owner` while a writer evicts its dead reader: the word then holds the
+/// evicting writer's own identity with this bit set ([`evicting`]), so that an eviction whose
+/// writer died half-way can be told from one under way, and finished by whoever finds it.
+/// Identities (`segment::identity_of`) keep a pid in their low 32 bits, and pids stay below
+/// 2^22 on Linux, so no holder's identity has this bit.
+pub const EVICTING_BIT: u64 = 1 << 31;
+
+/// The `owner` word of an entry that writer `evictor` is evicting.
+pub fn evicting(evictor: u64) -> u64 {
+    evictor | EVICTING_BIT
+}
+
+/// Whether an `owner` word marks an eviction under way (or left unfinished); if so, by whom.
+pub fn evictor_of(owner: u64) -> Option<u64> {
+    (owner & EVICTING_BIT != 0).then_some(owner & !EVICTING_BIT)
+}
 
 /// One reader's entry in the table, on a line of its own.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct ReaderEntry {
     /// Identity of the process holding the entry (its meaning is the caller's: the bus packs
-    /// a pid and a start time); 0 while free; [`EVICTING`] while a writer evicts it.
+    /// a pid and a start time); 0 while free; [`evicting`]`(writer)` while a writer evicts it.
     owner: AtomicU64,
     /// The reader's next sequence number plus one; 0 while it is not registered.
     head: AtomicU64,
@@ -126,17 +140,18 @@ impl ReaderEntry {
         self.owner.load(Ordering::Acquire)
     }
 
-    /// Evict `dead`, a holder known to be gone: unregister its head, so that the writer stops
-    /// waiting for it, and free the entry. Returns whether it did (`false`: the entry changed
-    /// hands meanwhile, to a reader that is alive). The entry is [`EVICTING`] while its head is
-    /// cleared, so a joiner (which takes only a free entry or a dead holder's) cannot register
-    /// a head that the eviction then clears.
-    pub fn evict(&self, dead: u64) -> bool {
+    /// Evict `dead`, a holder known to be gone, as writer `evictor`: unregister its head, so
+    /// that the writer stops waiting for it, and free the entry. Returns whether it did
+    /// (`false`: the entry changed hands meanwhile, to a reader that is alive). The entry holds
+    /// [`evicting`]`(evictor)` while its head is cleared, so a joiner (which takes only a free
+    /// entry or a dead holder's) cannot register a head that the eviction then clears. `dead`
+    /// may itself be an eviction marker whose writer is known to be gone: this finishes that
+    /// eviction.
+    pub fn evict(&self, dead: u64, evictor: u64) -> bool {
         if dead == 0
-            || dead == EVICTING
             || self
                 .owner
-                .compare_exchange(dead, EVICTING, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(dead, evicting(evictor), Ordering::AcqRel, Ordering::Relaxed)
                 .is_err()
         {
             return false;
@@ -676,8 +691,12 @@ impl<S: SlotStorage> Reader<S> {
         self.entry().head.store(0, Ordering::Release);
     }
 
-    /// Unregister and free the entry, if `owner` still holds it.
+    /// Unregister and free the entry, if `owner` still holds it (an entry taken over meanwhile
+    /// is its new holder's, head and all).
     pub fn leave_entry(&self, owner: u64) {
+        if self.entry().owner() != owner {
+            return;
+        }
         self.unregister();
         let _ = self
             .entry()
