@@ -601,3 +601,71 @@ fn an_unfinished_segment_is_replaced_once_old_and_unheld_and_never_while_held() 
     // Its creator dead, the held one is released by the kernel: now it goes.
     assert_eq!(bus.clean(false).unwrap(), ["busy"]);
 }
+
+/// The segment's bytes, read through a mapping of this process's own.
+fn segment_words(name: &str) -> (memmap2::MmapMut, Vec<u32>) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/{name}"))
+        .unwrap();
+    // SAFETY: a segment other processes use; this test reads it and writes one word, which is
+    // what it exists to do (as a peer could).
+    let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    let words = map
+        .chunks_exact(4)
+        .map(|w| u32::from_ne_bytes(w.try_into().unwrap()))
+        .collect();
+    (map, words)
+}
+
+#[test]
+fn a_publisher_that_died_while_attaching_does_not_keep_subscribers_waiting() {
+    let prefix = common::unique_prefix("phantom");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let name = format!("{prefix}topic");
+    let publisher = bus
+        .publisher::<Msg>("topic")
+        .max_publishers(2)
+        .create()
+        .unwrap();
+    // Find the count of publishers: the one word that goes from 1 to 2 when a second attaches
+    // (one that spins: a sleeping one would count itself among the sleepers too).
+    let (_, before) = segment_words(&name);
+    let second = bus
+        .publisher::<Msg>("topic")
+        .wait(WaitStrategy::Spin)
+        .attach()
+        .unwrap();
+    let (mut map, after) = segment_words(&name);
+    drop(second);
+    let count: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] == 1 && after[i] == 2)
+        .collect();
+    assert_eq!(count.len(), 1, "the count of publishers is one word");
+    // A publisher that counted itself in `attach` and was killed before it took a lane.
+    map[count[0] * 4..count[0] * 4 + 4].copy_from_slice(&2u32.to_ne_bytes());
+
+    let mut child = ChildProc::spawn(
+        "sub-typed",
+        &[
+            ("prefix", &prefix),
+            ("topic", "topic"),
+            ("wait", "futex"),
+            ("blocking", "1"),
+        ],
+    );
+    child.wait_for_line("READY");
+    let mut publisher = publisher;
+    const SENT: u64 = 10;
+    for seq in 0..SENT {
+        publisher.send(message(seq)).unwrap();
+    }
+    // The last live publisher leaves: the count stays at 1 (the dead attacher's), every lane
+    // is free. The subscriber, in `recv` without a timeout, must still be told.
+    drop(publisher);
+    assert_received_all(child, SENT);
+    // The name was not removed (the count never reached 0); nobody is on it: stale.
+    assert_eq!(bus.clean(false).unwrap(), ["topic"]);
+}

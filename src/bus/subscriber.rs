@@ -169,6 +169,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             lanes,
             max_readers: shape.max_readers,
             reported_dead: vec![0; lanes as usize].into_boxed_slice(),
+            phantom_checks: 0,
             lane: 0,
             turn: 0,
             copy,
@@ -376,6 +377,8 @@ pub struct Subscriber<T: ?Sized> {
     max_readers: u32,
     /// Per lane, the dead publisher already reported (`RecvError::PublisherGone`), 0 if none.
     reported_dead: Box<[u64]>,
+    /// Liveness checks in a row that found every lane free (see `check_publishers`).
+    phantom_checks: u8,
     /// Overwrite: where each message is copied (and validated) before it is handed out.
     copy: Option<AlignedWords>,
     /// Block and Fail, `Checked` payloads: where each message is copied to be validated.
@@ -718,6 +721,16 @@ impl<T: ?Sized> Subscriber<T> {
             if self.reported_dead[lane] != id && !self.lane_has_news(lane) {
                 newly_dead = Some((lane, id));
             }
+        }
+        // Every lane free while the count says a publisher is still on: a publisher died
+        // after counting itself in `attach` and before taking a lane (or one is between the
+        // two right now, for microseconds). Twice in a row, LIVENESS_CHECK or more apart, it
+        // is the former: the topic is as closed as it will ever be.
+        let all_free = !any_alive && any_dead.is_none();
+        self.phantom_checks = if all_free { self.phantom_checks + 1 } else { 0 };
+        if self.phantom_checks >= 2 && !self.has_news() {
+            self.phantom_checks = 2;
+            return Err(RecvError::Disconnected);
         }
         if !any_alive {
             return match any_dead {
