@@ -742,11 +742,18 @@ impl OneMapping {
 
     /// Reader `reader` (owner id `reader + 1`), starting `history` messages back.
     fn join(&self, reader: usize, history: u64) -> Reader<MappedSlots> {
-        let entry = &self.entries[reader];
-        assert!(entry.try_take(reader as u64 + 1), "entry {reader} is free");
+        assert!(
+            self.entries[reader].try_take(reader as u64 + 1),
+            "entry {reader} is free"
+        );
+        self.join_taken(reader, history)
+    }
+
+    /// A reader in entry `index`, which the caller has just taken for it.
+    fn join_taken(&self, index: usize, history: u64) -> Reader<MappedSlots> {
         // SAFETY: `words` and the entry live in `self`, which outlives the reader; the slots
-        // are this ring's; the entry was just taken, for this reader alone.
-        unsafe { Reader::join(&self.words, &**entry, self.slots(), history) }
+        // are this ring's; the caller took the entry for this reader alone.
+        unsafe { Reader::join(&self.words, &*self.entries[index], self.slots(), history) }
             .expect("a writer that scans once per lap or so lets a joiner in")
     }
 }
@@ -828,6 +835,84 @@ fn ring_block_readers_on_the_writers_mapping_read_every_slot_intact() {
             r.join().unwrap();
         }
     });
+}
+
+#[test]
+fn ring_block_readers_join_and_leave_on_the_writers_mapping_and_read_contiguous_history() {
+    let prefix = unique_prefix("ring-churn");
+    let _cleanup = Cleanup::new(&prefix);
+    const CAPACITY: u64 = 32;
+    const HISTORY: u64 = 8;
+    // Two churners share two entries, so that each often takes the one the other just left.
+    const CHURNERS: usize = 2;
+    let joins = scaled(2_000, 200);
+    let ring = OneMapping::new(&prefix, CAPACITY, CHURNERS);
+    let churned: [Progress; CHURNERS] = Default::default();
+    // Churner `k`: take a free entry, join asking for some history, read a few messages in
+    // place, leave; `joins` times.
+    let churn = |k: usize| {
+        let owner = 100 + k as u64;
+        for cycle in 0..joins {
+            let mut index = None;
+            wait_for("a free entry", || {
+                index = (0..CHURNERS).find(|&i| ring.entries[i].try_take(owner));
+                index.is_some()
+            });
+            let history = (cycle * 7 + k as u64) % (HISTORY + 1);
+            let mut r = ring.join_taken(index.expect("taken"), history);
+            let start = r.next_seq();
+            let take = 1 + (cycle * 13 + k as u64 * 5) % 64;
+            for i in 0..take {
+                let expected = start + i;
+                let mut ready = None;
+                wait_for("a message", || match r.peek() {
+                    Peek::Ready(found) => {
+                        ready = Some(found);
+                        true
+                    }
+                    Peek::Empty => false,
+                    bad => panic!("churner {k}: {bad:?}"),
+                });
+                let ready = ready.expect("ready");
+                // SAFETY: as in `read_block`.
+                let got = unsafe { (r.storage().payload_ptr(ready.index) as *const Msg).read() };
+                if let Some(problem) = check_message(expected, ready.seq, &got) {
+                    panic!("churner {k}, join {cycle} at {start}: {problem}");
+                }
+                r.release();
+            }
+            r.leave_entry(owner);
+            churned[k].set(cycle + 1);
+        }
+    };
+    let written = thread::scope(|s| {
+        let churners: Vec<_> = (0..CHURNERS).map(|k| s.spawn(move || churn(k))).collect();
+        let writer = s.spawn(|| {
+            let mut w = ring.writer(HISTORY, false);
+            let mut seq = 0;
+            while churned.iter().any(|c| c.get() < joins) {
+                let mut claimed = w.try_claim();
+                if claimed.is_none() {
+                    wait_for("a free slot", || {
+                        claimed = w.try_claim();
+                        claimed.is_some()
+                    });
+                }
+                let index = claimed.expect("claimed");
+                // SAFETY: as in the test above.
+                unsafe { (w.storage().payload_ptr(index) as *mut Msg).write(message(seq)) };
+                w.commit(MSG_LEN);
+                seq += 1;
+            }
+            seq
+        });
+        let written = writer.join().unwrap();
+        for c in churners {
+            c.join().unwrap();
+        }
+        written
+    });
+    println!("{written} messages, {joins} joins and leaves by each of {CHURNERS} readers");
 }
 
 /// Copy messages out from where `r` joined up to `count`, each whole, accounting for every
