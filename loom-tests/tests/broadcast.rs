@@ -246,3 +246,34 @@ fn an_eviction_left_by_a_dead_writer_is_finished_without_unregistering_a_newcome
         drop(newcomer);
     });
 }
+
+/// A reader leaves with a slot it read not yet given back (a batch is 2), and a new reader
+/// takes its entry and joins at the tail (the bus's `claim_entry` reuses a departed
+/// subscriber's entry). A writer that sees the new reader's head reuses the slot the first one
+/// read, so the joiner's store of its head must carry the first reader's departure to the
+/// writer: with a Relaxed store it did not, and loom reported the writer's rewrite of slot 0
+/// racing the first reader's read of it.
+#[test]
+fn a_reader_in_a_departed_readers_entry_hands_its_reads_on_to_the_writer() {
+    loom::model(|| {
+        let ring = Ring::batched(CAPACITY, 1, 2);
+        let mut first = ring.join(0, 0);
+        let mut tx = ring.writer(Mode::Block { history: 0 });
+        for _ in 0..CAPACITY {
+            tx.send();
+        }
+        let readers = thread::spawn({
+            let ring = ring.clone();
+            move || {
+                assert_eq!(first.try_recv(), Some((0, value_of(0))));
+                first.leave();
+                ring.join(0, 0)
+            }
+        });
+        // Full until the writer sees the first reader gone or the second at the tail.
+        while !tx.try_send() {
+            thread::yield_now();
+        }
+        drop(readers.join().unwrap());
+    });
+}

@@ -26,7 +26,9 @@
 //! joiner's head, the joiner's load sees that scan's floor, and raises `h` to it and tries
 //! again. A scan that missed the joiner allows
 //! writes below `floor + capacity` only, which reuse slots of messages below `floor <= h`: the
-//! joiner's messages are safe. A scan that saw it allows no write past `h + capacity`.
+//! joiner's messages are safe. A scan that saw it allows no write past `h + capacity`. The
+//! joiner stores its head with Release, so that a scan that sees it also sees everything the
+//! entry's previous holder read before it left.
 //!
 //! **Overwrite**: the writer never waits and never scans. Each slot is a seqlock: the writer
 //! marks the tag busy (length [`BUSY`]), fences, stores the payload as atomic words, and stores
@@ -463,7 +465,14 @@ impl<S: SlotStorage> Reader<S> {
         let mut head = tail.wrapping_sub(history.min(tail).min(capacity - 1));
         let mut settled = false;
         for _ in 0..JOIN_ATTEMPTS {
-            e.head.store(head.wrapping_add(1), Ordering::Relaxed);
+            // Release: pairs with the writer's Acquire load of the heads in `scan`. The entry's
+            // previous holder read its last slots before it left (`leave_entry`), and we took
+            // the entry after it (the `owner` CAS): a writer that sees this head may reuse
+            // those slots, so it must see those reads done. A Relaxed store is no part of the
+            // previous holder's release sequence: the chain broke here, and the writer's
+            // rewrite raced the last reads (loom-tests/tests/broadcast.rs,
+            // `a_reader_in_a_departed_readers_entry_hands_its_reads_on_to_the_writer`).
+            e.head.store(head.wrapping_add(1), Ordering::Release);
             // SeqCst fence: the Dekker pair with the one in `Writer::scan` (see the module
             // comment).
             fence(Ordering::SeqCst);
