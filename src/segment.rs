@@ -478,6 +478,9 @@ pub fn identity_of(pid: u32, start: u64) -> u64 {
     (start & 0xffff_ffff) << 32 | pid as u64
 }
 
+/// The largest pid Linux hands out (`PID_MAX_LIMIT` on 64-bit systems).
+const PID_MAX_LIMIT: u32 = 1 << 22;
+
 /// This process's identity (see [`identity_of`]); computed once.
 pub fn my_identity() -> u64 {
     static ME: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -498,6 +501,11 @@ pub fn identity_pid(identity: u64) -> u32 {
 /// Makes system calls: for slow paths only.
 pub fn identity_alive(identity: u64) -> bool {
     let pid = identity_pid(identity);
+    // Read from shared memory: anything. Linux pids are 1..=2^22 (`PID_MAX_LIMIT`); a negative
+    // one would name a process group.
+    if !(1..=PID_MAX_LIMIT).contains(&pid) {
+        return false;
+    }
     let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };

@@ -342,6 +342,12 @@ pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError>
 /// The longest a sleeping subscriber goes without checking that its publishers are alive.
 const MAX_LIVENESS_SLICE: Duration = Duration::from_millis(640);
 
+/// Wake-ups without a message, in one wait, after which the wait stops trusting them (see
+/// `recv_deadline`) and polls every [`FALSE_ALARM_PAUSE`] instead.
+const FALSE_ALARMS: u32 = 100;
+/// How often a wait that stopped trusting its wake-ups polls.
+const FALSE_ALARM_PAUSE: Duration = Duration::from_millis(1);
+
 /// How a spin ended.
 enum Spun {
     Ready(Ready),
@@ -666,25 +672,40 @@ impl<T: ?Sized> Subscriber<T> {
         // first of LIVENESS_CHECK, each next one twice as long up to MAX_LIVENESS_SLICE, so that
         // a subscriber asleep on a quiet topic does not wake a hundred times a second.
         let mut slice = LIVENESS_CHECK;
+        let mut check_at = Instant::now() + slice;
+        // Wake-ups whose news `poll` then did not find. An honest publisher's news is there to
+        // find (but for a slot caught mid-write, now and then); shared memory that keeps saying
+        // otherwise (a corrupt or hostile segment: found by the `bus_segment` fuzz target, as
+        // an endless loop) must not make this wait a busy loop, nor one that misses its
+        // deadline.
+        let mut false_alarms = 0u32;
         loop {
             if let Some(ready) = self.poll()? {
                 return Ok(Some(ready));
             }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            if now >= check_at {
+                self.check_publishers()?;
+                slice = (slice * 2).min(MAX_LIVENESS_SLICE);
+                check_at = now + slice;
+            }
+            let until = deadline.map_or(check_at, |d| d.min(check_at));
+            if false_alarms >= FALSE_ALARMS {
+                std::thread::sleep(FALSE_ALARM_PAUSE.min(until.saturating_duration_since(now)));
+                continue;
+            }
             let this = &*self;
             let control = this.control();
-            let slice_end = Instant::now() + slice;
-            slice = (slice * 2).min(MAX_LIVENESS_SLICE);
-            let until = deadline.map_or(slice_end, |d| d.min(slice_end));
             let arrived =
                 wait::wait_until(wait, &control.data, this.barrier_ok, Some(until), || {
                     // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
                     this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
                 });
-            if !arrived {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return self.poll();
-                }
-                self.check_publishers()?;
+            if arrived {
+                false_alarms += 1;
             }
         }
     }
