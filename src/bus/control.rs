@@ -243,12 +243,19 @@ mod tests {
         identity_of(std::process::id(), (me >> 32).wrapping_add(1))
     }
 
+    /// What the tests keep alive: the writer's words, the entries, the "dead" reader (kept, not
+    /// dropped: a reader does not unregister on drop anyway, as a killed one would not), and
+    /// the table over the entries.
+    type Parts = (
+        Box<WriterWords>,
+        Box<[CachePadded<ReaderEntry>]>,
+        Reader<Arc<HeapSlots>>,
+        Table,
+    );
+
     /// A table of `n` entries, entry 0 registered (head set) by a reader that then "died"
-    /// (forgotten, never unregistered), its owner word then set to `owner`.
-    fn table_with_stale_head(
-        n: usize,
-        owner: u64,
-    ) -> (Box<WriterWords>, Box<[CachePadded<ReaderEntry>]>, Table) {
+    /// (never unregistered), its owner word then set to `owner`.
+    fn table_with_stale_head(n: usize, owner: u64) -> Parts {
         let words = Box::new(WriterWords::new());
         let entries: Box<[_]> = (0..n)
             .map(|_| CachePadded::new(ReaderEntry::new()))
@@ -257,17 +264,16 @@ mod tests {
         // (returned with them, heap-allocated so they do not move).
         let reader =
             unsafe { Reader::join(&*words, &*entries[0], Arc::new(HeapSlots::new(4)), 0) }.unwrap();
-        std::mem::forget(reader);
         entries[0].set_owner(owner);
         // SAFETY: as above.
         let table = unsafe { Table::new(entries.as_ptr(), n) };
-        (words, entries, table)
+        (words, entries, reader, table)
     }
 
     #[test]
     fn an_eviction_left_by_a_dead_writer_is_finished_by_the_next_writer() {
         let me = my_identity();
-        let (_w, entries, table) = table_with_stale_head(2, evicting(dead_identity()));
+        let (_w, entries, _r, table) = table_with_stale_head(2, evicting(dead_identity()));
         assert!(entries[0].head().is_some());
         assert_eq!(evict_dead(&table, 0, u64::MAX, me), 1);
         assert_eq!((entries[0].owner(), entries[0].head()), (0, None));
@@ -277,7 +283,7 @@ mod tests {
     fn a_live_writers_eviction_is_left_to_it() {
         let me = my_identity();
         // Another writer of this process (alive) is evicting entry 0.
-        let (_w, entries, table) = table_with_stale_head(1, evicting(me));
+        let (_w, entries, _r, table) = table_with_stale_head(1, evicting(me));
         assert_eq!(evict_dead(&table, 0, u64::MAX, me), 0);
         assert_eq!(entries[0].owner(), evicting(me));
         // A joiner waits for it a while, then counts the entry as held by that writer.
@@ -287,17 +293,17 @@ mod tests {
 
     #[test]
     fn a_joiner_takes_an_entry_whose_evicting_writer_died() {
-        let (_w, entries, table) = table_with_stale_head(1, evicting(dead_identity()));
+        let (_w, entries, _r, table) = table_with_stale_head(1, evicting(dead_identity()));
         assert_eq!(claim_entry(&table, 7), Ok(0));
         assert_eq!(entries[0].owner(), 7);
-        let (_w, entries, _table) = table_with_stale_head(1, evicting(dead_identity()));
+        let (_w, entries, _r, _table) = table_with_stale_head(1, evicting(dead_identity()));
         assert!(claim_mirror(&entries[0], 7));
         assert_eq!(entries[0].owner(), 7);
     }
 
     #[test]
     fn a_mirror_entry_is_taken_from_a_former_holder_or_free() {
-        let (_w, entries, _table) = table_with_stale_head(2, dead_identity());
+        let (_w, entries, _r, _table) = table_with_stale_head(2, dead_identity());
         assert!(claim_mirror(&entries[0], 7));
         assert!(claim_mirror(&entries[1], 7));
         assert!(claim_mirror(&entries[1], 7), "already ours");
