@@ -157,9 +157,10 @@ fn install() {
         let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
         ours.sa_sigaction = on_sigbus as *const () as usize;
         // SA_ONSTACK: on the alternate stack where there is one (Rust's threads have one for
-        // stack overflows). SA_NODEFER: a fault inside the handler (there should be none)
-        // is not blocked into a hang.
-        ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        // stack overflows). Without SA_NODEFER, SIGBUS is blocked while the handler runs: a
+        // fault inside it (there should be none) kills the process, as the kernel does with a
+        // blocked fault, rather than recursing.
+        ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         // SAFETY: `sa_mask` is a plain value we own.
         unsafe { libc::sigemptyset(&mut ours.sa_mask) };
         let previous = PREVIOUS.0.get().cast::<libc::sigaction>();
