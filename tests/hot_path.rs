@@ -320,7 +320,7 @@ fn polling_makes_no_syscall_between_markers_under_strace() {
         .status()
         .is_ok_and(|s| s.success());
     if !strace_works {
-        eprintln!("skipped: strace is not installed or cannot trace here (apt-get install strace)");
+        common::skip("strace is not installed or cannot trace here (apt-get install strace)");
         return;
     }
     let prefix = common::unique_prefix("strace");

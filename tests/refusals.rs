@@ -454,13 +454,15 @@ fn invalid_configurations_are_refused() {
 fn a_topic_larger_than_the_shared_memory_filesystem_is_no_space() {
     let f = fixture("no-space");
     let Some(available) = shmbus::segment::free_space(f.bus.dir()) else {
-        eprintln!("skipped: the free space of /dev/shm cannot be told");
+        common::skip("the free space of /dev/shm cannot be told");
         return;
     };
     // 16 MiB slots: 2048 of them make 32 GiB, the largest this test asks for.
     let slot = 16u64 << 20;
     let Some(capacity) = (1..=11).map(|p| 1u64 << p).find(|c| c * slot > available) else {
-        eprintln!("skipped: /dev/shm has {available} bytes free, more than this test can ask");
+        common::skip(&format!(
+            "/dev/shm has {available} bytes free, more than this test can ask"
+        ));
         return;
     };
     match f
@@ -823,7 +825,9 @@ fn a_segment_of_another_user_is_refused() {
     let other = rustix::process::geteuid().as_raw().wrapping_add(1);
     let uid = rustix::process::Uid::from_raw(other);
     if let Err(e) = rustix::fs::fchown(&fd, Some(uid), None) {
-        eprintln!("skipped: cannot give a segment to another user ({e}): not root");
+        common::skip(&format!(
+            "cannot give a segment to another user ({e}): not root"
+        ));
         return;
     }
     assert_refused(

@@ -54,7 +54,11 @@ impl SmallTmpfs {
             Ok(out) if out.status.success() => Ok(Self { dir }),
             Ok(out) => {
                 let _ = std::fs::remove_dir(&dir);
-                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+                Err(String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("mount failed")
+                    .to_string())
             }
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
@@ -85,7 +89,7 @@ fn a_small_tmpfs_refuses_a_topic_it_cannot_hold_and_carries_one_it_can() {
         Err(why) => {
             // The check itself is also tested against /dev/shm in tests/refusals.rs
             // (`a_topic_larger_than_the_shared_memory_filesystem_is_no_space`).
-            eprintln!("skipped: cannot mount a 1 MiB tmpfs here ({why})");
+            common::skip(&format!("cannot mount a 1 MiB tmpfs here ({why})"));
             return;
         }
     };

@@ -764,6 +764,22 @@ impl OneMapping {
     }
 }
 
+/// Write message `seq` in place (Block), waiting for a free slot.
+fn write_block(w: &mut Writer<MappedSlots>, seq: u64) {
+    let mut claimed = w.try_claim();
+    if claimed.is_none() {
+        wait_for("a free slot", || {
+            claimed = w.try_claim();
+            claimed.is_some()
+        });
+    }
+    let index = claimed.expect("claimed");
+    // SAFETY: the claimed slot is the writer's until `commit` (every reader has released the
+    // message it held): `MSG_LEN` bytes, aligned for `Msg`.
+    unsafe { (w.storage().payload_ptr(index) as *mut Msg).write(message(seq)) };
+    w.commit(MSG_LEN);
+}
+
 /// Read messages from where `r` joined up to `count`, in place, each intact; then leave.
 fn read_block(mut r: Reader<MappedSlots>, owner: u64, count: u64) {
     let start = r.next_seq();
@@ -822,18 +838,7 @@ fn ring_block_readers_on_the_writers_mapping_read_every_slot_intact() {
         let writer = s.spawn(move || {
             let mut w = ring.writer(HISTORY, false);
             for seq in 0..count {
-                let mut claimed = w.try_claim();
-                if claimed.is_none() {
-                    wait_for("a free slot", || {
-                        claimed = w.try_claim();
-                        claimed.is_some()
-                    });
-                }
-                let index = claimed.expect("claimed");
-                // SAFETY: the claimed slot is the writer's until `commit` (every reader has
-                // released the message it held): `MSG_LEN` bytes, aligned for `Msg`.
-                unsafe { (w.storage().payload_ptr(index) as *mut Msg).write(message(seq)) };
-                w.commit(MSG_LEN);
+                write_block(&mut w, seq);
             }
         });
         writer.join().unwrap();
@@ -897,17 +902,7 @@ fn ring_block_readers_join_and_leave_on_the_writers_mapping_and_read_contiguous_
             let mut w = ring.writer(HISTORY, false);
             let mut seq = 0;
             while churned.iter().any(|c| c.get() < joins) {
-                let mut claimed = w.try_claim();
-                if claimed.is_none() {
-                    wait_for("a free slot", || {
-                        claimed = w.try_claim();
-                        claimed.is_some()
-                    });
-                }
-                let index = claimed.expect("claimed");
-                // SAFETY: as in the test above.
-                unsafe { (w.storage().payload_ptr(index) as *mut Msg).write(message(seq)) };
-                w.commit(MSG_LEN);
+                write_block(&mut w, seq);
                 seq += 1;
             }
             seq

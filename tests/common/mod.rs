@@ -126,6 +126,16 @@ pub fn arg_u64(key: &str) -> u64 {
         .unwrap_or_else(|e| panic!("child argument {key}: {e}"))
 }
 
+/// Say that the calling test skips its check, and why, where CI's log shows it: straight to
+/// the process's stderr (the harness captures `eprintln!`, and shows it only for a failure).
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// Print a line for the parent, flushed at once.
 pub fn say(line: &str) {
     let mut out = std::io::stdout().lock();
