@@ -30,6 +30,8 @@ pub struct SubscriberBuilder<'b, T: ?Sized> {
     slip: Duration,
     history: u64,
     type_name: Option<String>,
+    /// Bytes only: read a topic of any payload type as its bytes (see `any_type`).
+    any_type: bool,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -42,6 +44,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             slip: Duration::ZERO,
             history: 0,
             type_name: None,
+            any_type: false,
             _type: PhantomData,
         }
     }
@@ -96,7 +99,9 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     /// a mode or a system error.
     pub fn open(&self) -> Result<Subscriber<T>, OpenError> {
         let open = open_topic(self.bus, &self.topic)?;
-        open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
+        if !self.any_type {
+            open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
+        }
         let (shape, lanes) = (open.shape, open.geometry.lanes);
         let control = open.control() as *const TopicControl;
         // SAFETY: the control block lives in `open.segment`, which the subscriber keeps (as
@@ -277,6 +282,16 @@ impl OpenTopic {
                 .as_ptr()
                 .add(self.geometry.control_offset as usize) as *const TopicControl)
         }
+    }
+}
+
+impl SubscriberBuilder<'_, [u8]> {
+    /// Read the topic whatever its payload type, each message as its bytes: for tools that
+    /// look at any topic (`shmbus echo`), never for a program that knows its type. The type
+    /// fingerprint is not checked; lengths still are (up to the slot size).
+    pub fn any_type(mut self) -> Self {
+        self.any_type = true;
+        self
     }
 }
 

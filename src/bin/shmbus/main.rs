@@ -2,7 +2,8 @@
 //!
 //! `shmbus demo` streams typed messages from a publisher process to a subscriber process and
 //! checks every one, then measures the round trip; `shmbus bench` measures shmbus beside the
-//! raw limits of the machine, in two pinned processes. The hidden `__demo-subscriber` and
+//! raw limits of the machine, in two pinned processes; `list`, `inspect`, `echo`, `pub` and
+//! `clean` look at a bus, its messages and its leftovers (`topics.rs`). The hidden `__demo-subscriber` and
 //! `__bench-peer` subcommands are the child processes those two start by re-executing this
 //! binary; they are not for people.
 //!
@@ -15,6 +16,7 @@ mod error;
 mod peer;
 mod stats;
 mod sweep;
+mod topics;
 mod watchdog;
 
 use std::io::IsTerminal;
@@ -38,10 +40,27 @@ enum Command {
     /// Measure shmbus beside the raw limits of this machine, in two pinned processes.
     #[command(after_help = bench::CASES_HELP)]
     Bench(bench::BenchArgs),
+    /// List the topics of a bus: type, policy, capacity, messages published, publishers and
+    /// subscribers.
+    List(topics::ListArgs),
+    /// Describe one topic: its header, each publisher and subscriber (pid, alive, position,
+    /// lag, losses) and its counters.
+    Inspect(topics::InspectArgs),
+    /// Print a topic's messages as they arrive (sequence, publisher lane, length, hex bytes).
+    Echo(topics::EchoArgs),
+    /// Publish test byte messages to a topic (creating it if it does not exist).
+    Pub(topics::PubArgs),
+    /// Remove the topics whose processes are all dead (this user's, this bus's; never a live
+    /// one).
+    Clean(topics::CleanArgs),
     #[command(name = "__demo-subscriber", hide = true)]
     DemoSubscriber(demo::SubscriberArgs),
     #[command(name = "__bench-peer", hide = true)]
     BenchPeer(bench::PeerArgs),
+}
+
+fn ok(_: ()) -> ExitCode {
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -50,6 +69,11 @@ fn main() -> ExitCode {
     let (name, child, result) = match cli.command {
         Command::Demo(args) => ("demo", false, demo::run(args)),
         Command::Bench(args) => ("bench", false, bench::run(args)),
+        Command::List(args) => ("list", false, topics::list(args).map(ok)),
+        Command::Inspect(args) => ("inspect", false, topics::inspect(args).map(ok)),
+        Command::Echo(args) => ("echo", false, topics::echo(args).map(ok)),
+        Command::Pub(args) => ("pub", false, topics::publish(args).map(ok)),
+        Command::Clean(args) => ("clean", false, topics::clean(args).map(ok)),
         Command::DemoSubscriber(args) => (
             "demo: subscriber",
             true,
