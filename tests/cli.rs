@@ -222,3 +222,63 @@ fn user_errors_are_one_line_and_a_failing_exit() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn hz_and_top_sample_the_rates_of_a_live_topic() {
+    let prefix = unique_prefix("cli-hz");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let _feeder = Feeder::start(&prefix, "feed");
+    wait_for_topic(&bus, "feed");
+    // A subscriber process reading along, so that there is a read rate to show.
+    let mut reader = shmbus()
+        .args(["echo", "feed", "--prefix", &prefix, "--idle", "60"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while bus.topic_info("feed").unwrap().subscribers.is_empty() {
+        assert!(start.elapsed() < common::CHILD_STALL);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sample = json_of(&[
+        "hz",
+        "feed",
+        "--prefix",
+        &prefix,
+        "--interval",
+        "0.3",
+        "--count",
+        "1",
+        "--json",
+    ]);
+    let top = json_of(&[
+        "top",
+        "--prefix",
+        &prefix,
+        "--interval",
+        "0.3",
+        "--count",
+        "1",
+        "--json",
+    ]);
+    let _ = reader.kill();
+    let _ = reader.wait();
+    // The feeder publishes 200 messages a second; the sample says so (never a time bound: any
+    // rate above zero shows the rate is measured).
+    assert_eq!(sample["topic"], "feed");
+    assert!(
+        sample["published_per_s"].as_f64().unwrap() > 0.0,
+        "{sample}"
+    );
+    assert_eq!(sample["subscribers"][0]["pid"], reader.id());
+    assert!(sample["subscribers"][0]["read_per_s"].is_f64());
+    let topics = top["topics"].as_array().unwrap();
+    assert_eq!(topics.len(), 1, "{top}");
+    assert_eq!(topics[0]["topic"], "feed");
+    assert_eq!(topics[0]["subscribers"], 1);
+    assert!(
+        topics[0]["published_per_s"].as_f64().unwrap() > 0.0,
+        "{top}"
+    );
+}

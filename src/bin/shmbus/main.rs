@@ -13,6 +13,7 @@ mod affinity;
 mod bench;
 mod demo;
 mod error;
+mod live;
 mod peer;
 mod stats;
 mod sweep;
@@ -50,6 +51,11 @@ enum Command {
     Echo(topics::EchoArgs),
     /// Publish test byte messages to a topic (creating it if it does not exist).
     Pub(topics::PubArgs),
+    /// A topic's publish rate and, per subscriber, read rate, lag and losses, every interval.
+    Hz(live::HzArgs),
+    /// Every topic's publish rate, publishers, subscribers, largest lag and losses, every
+    /// interval, redrawn in place.
+    Top(live::TopArgs),
     /// Remove the topics whose processes are all dead (this user's, this bus's; never a live
     /// one).
     Clean(topics::CleanArgs),
@@ -73,6 +79,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => ("inspect", false, topics::inspect(args).map(ok)),
         Command::Echo(args) => ("echo", false, topics::echo(args).map(ok)),
         Command::Pub(args) => ("pub", false, topics::publish(args).map(ok)),
+        Command::Hz(args) => ("hz", false, live::hz(args).map(ok)),
+        Command::Top(args) => ("top", false, live::top(args).map(ok)),
         Command::Clean(args) => ("clean", false, topics::clean(args).map(ok)),
         Command::DemoSubscriber(args) => (
             "demo: subscriber",

@@ -25,7 +25,7 @@ pub struct BusArgs {
 }
 
 impl BusArgs {
-    fn bus(&self) -> Result<Bus> {
+    pub fn bus(&self) -> Result<Bus> {
         Bus::builder()
             .prefix(&self.prefix)
             .dir(&self.dir)
