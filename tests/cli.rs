@@ -86,12 +86,22 @@ fn list_and_inspect_describe_a_live_topic_and_its_processes() {
     wait_for_topic(&bus, "feed");
     let _subscriber = bus.subscriber::<[u8]>("feed").open().unwrap();
 
+    // And a segment under the prefix that is not a topic: listed, with the reason it is refused.
+    let junk = format!("/dev/shm/{prefix}junk");
+    std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
     let listed = stdout_of(&["list", "--prefix", &prefix, "--json"]);
     let topics: Vec<Value> = listed
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(topics.len(), 1, "{listed}");
+    assert_eq!(topics.len(), 2, "{listed}");
+    assert_eq!(topics[1]["topic"], "junk");
+    assert!(
+        topics[1]["error"].as_str().unwrap().contains("corrupt"),
+        "{listed}"
+    );
     let t = &topics[0];
     assert_eq!(t["topic"], "feed");
     assert_eq!(t["type"], "bytes");

@@ -246,8 +246,12 @@ impl Bus {
         Ok(removed)
     }
 
-    /// The topic names under this bus's prefix, sorted.
-    fn topic_names(&self) -> Result<Vec<String>, BusError> {
+    /// The names of the segments under this bus's prefix (the topics, whether they validate
+    /// or not), sorted. [`Bus::topic_info`] describes each.
+    ///
+    /// # Errors
+    /// [`BusError::List`] if the directory of segments cannot be read.
+    pub fn topic_names(&self) -> Result<Vec<String>, BusError> {
         let list = |source| BusError::List {
             dir: self.dir.clone(),
             source,

@@ -157,13 +157,24 @@ fn yes_no(b: bool) -> &'static str {
 
 pub fn list(args: ListArgs) -> Result<()> {
     let bus = args.bus.bus()?;
-    let topics = bus.topics().map_err(Error::msg)?;
+    // Each name with what a subscriber would find there; one that vanished meanwhile is left
+    // out.
+    let topics: Vec<(String, std::result::Result<TopicInfo, OpenError>)> = bus
+        .topic_names()
+        .map_err(Error::msg)?
+        .into_iter()
+        .map(|name| {
+            let info = bus.topic_info(&name);
+            (name, info)
+        })
+        .filter(|(_, info)| !matches!(info, Err(OpenError::NotFound { .. })))
+        .collect();
     let mut out = std::io::stdout().lock();
     if args.json {
-        for topic in &topics {
+        for (name, topic) in &topics {
             let line = match topic {
                 Ok(info) => topic_json(info),
-                Err(e) => json!({ "topic": refused_name(e), "error": e.to_string() }),
+                Err(e) => json!({ "topic": name, "error": e.to_string() }),
             };
             writeln!(out, "{line}")?;
         }
@@ -187,7 +198,7 @@ pub fn list(args: ListArgs) -> Result<()> {
         "{:<24} {:<28} {:<9} {:>8} {:>10} {:>4} {:>4}",
         "TOPIC", "TYPE", "POLICY", "CAPACITY", "PUBLISHED", "PUBS", "SUBS"
     )?;
-    for topic in &topics {
+    for (name, topic) in &topics {
         match topic {
             Ok(info) => writeln!(
                 out,
@@ -200,17 +211,10 @@ pub fn list(args: ListArgs) -> Result<()> {
                 info.publishers.len(),
                 info.subscribers.len()
             )?,
-            Err(e) => writeln!(out, "{:<24} refused: {e}", refused_name(e))?,
+            Err(e) => writeln!(out, "{name:<24} refused: {e}")?,
         }
     }
     Ok(())
-}
-
-/// The topic an open error names.
-fn refused_name(e: &OpenError) -> String {
-    let text = e.to_string();
-    // Every variant's message names the topic as `topic "name"`.
-    text.split('"').nth(1).unwrap_or("?").to_string()
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
