@@ -12,6 +12,7 @@
 mod affinity;
 mod bench;
 mod demo;
+mod doctor;
 mod error;
 mod peer;
 mod stats;
@@ -53,6 +54,9 @@ enum Command {
     /// Remove the topics whose processes are all dead (this user's, this bus's; never a live
     /// one).
     Clean(topics::CleanArgs),
+    /// Check the environment (the bus directory's filesystem, room and permissions, limits,
+    /// IPC namespace, CPUs) and say what to fix; exits 1 if a check fails.
+    Doctor(doctor::DoctorArgs),
     #[command(name = "__demo-subscriber", hide = true)]
     DemoSubscriber(demo::SubscriberArgs),
     #[command(name = "__bench-peer", hide = true)]
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => ("echo", false, topics::echo(args).map(ok)),
         Command::Pub(args) => ("pub", false, topics::publish(args).map(ok)),
         Command::Clean(args) => ("clean", false, topics::clean(args).map(ok)),
+        Command::Doctor(args) => ("doctor", false, doctor::run(args)),
         Command::DemoSubscriber(args) => (
             "demo: subscriber",
             true,
