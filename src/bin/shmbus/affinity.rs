@@ -104,7 +104,7 @@ pub fn smt_siblings(pair: CpuPair) -> Option<bool> {
 }
 
 /// Parses a kernel CPU list such as `"0-3,8,10-11"`.
-fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
+pub(crate) fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
     let bad = || Error::msg(format!("bad CPU list {s:?}"));
     let mut cpus = Vec::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {

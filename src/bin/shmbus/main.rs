@@ -12,6 +12,7 @@
 mod affinity;
 mod bench;
 mod demo;
+mod doctor;
 mod error;
 mod live;
 mod peer;
@@ -59,6 +60,9 @@ enum Command {
     /// Remove the topics whose processes are all dead (this user's, this bus's; never a live
     /// one).
     Clean(topics::CleanArgs),
+    /// Check the environment (the bus directory's filesystem, room and permissions, limits,
+    /// IPC namespace, CPUs) and say what to fix; exits 1 if a check fails.
+    Doctor(doctor::DoctorArgs),
     #[command(name = "__demo-subscriber", hide = true)]
     DemoSubscriber(demo::SubscriberArgs),
     #[command(name = "__bench-peer", hide = true)]
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Hz(args) => ("hz", false, live::hz(args).map(ok)),
         Command::Top(args) => ("top", false, live::top(args).map(ok)),
         Command::Clean(args) => ("clean", false, topics::clean(args).map(ok)),
+        Command::Doctor(args) => ("doctor", false, doctor::run(args)),
         Command::DemoSubscriber(args) => (
             "demo: subscriber",
             true,
