@@ -79,50 +79,9 @@ fn json_on_the_default_dir() {
     assert_eq!(code, Some(i32::from(failed)), "{findings:#?}");
 }
 
-/// A tmpfs of its own, mounted for one test at a fresh directory; unmounted and removed when
-/// dropped.
-struct SmallTmpfs {
-    dir: PathBuf,
-}
-
-impl SmallTmpfs {
-    /// Mount a tmpfs of `kib` KiB, or say why it cannot be done here (not root, no mount).
-    fn mount(kib: u64) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("shmbus-doctor-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700")])
-            .arg("shmbus-test")
-            .arg(&dir)
-            .output();
-        match out {
-            Ok(out) if out.status.success() => Ok(Self { dir }),
-            Ok(out) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or("mount failed")
-                    .to_string())
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(format!("cannot run mount: {e}"))
-            }
-        }
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn a_tmpfs_too_small_fails_with_the_sizes() {
-    let fs = match SmallTmpfs::mount(1024) {
+    let fs = match common::SmallTmpfs::mount("doctor", 1024) {
         Ok(fs) => fs,
         Err(why) => {
             common::skip(&format!("cannot mount a 1 MiB tmpfs here ({why})"));

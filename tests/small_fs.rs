@@ -7,8 +7,7 @@ mod common;
 
 use common::{arg, child_bus, child_role, exit_child, say, ChildProc};
 use shmbus::{Bus, BusError, CreateError};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 #[test]
@@ -34,47 +33,6 @@ fn child_entry() {
     }
 }
 
-/// A tmpfs of its own, mounted for one test at a fresh directory; unmounted and removed when
-/// dropped.
-struct SmallTmpfs {
-    dir: PathBuf,
-}
-
-impl SmallTmpfs {
-    /// Mount a tmpfs of `kib` KiB, or say why it cannot be done here (not root, no mount).
-    fn mount(kib: u64) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("shmbus-small-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700")])
-            .arg("shmbus-test")
-            .arg(&dir)
-            .output();
-        match out {
-            Ok(out) if out.status.success() => Ok(Self { dir }),
-            Ok(out) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or("mount failed")
-                    .to_string())
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(format!("cannot run mount: {e}"))
-            }
-        }
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -84,7 +42,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_small_tmpfs_refuses_a_topic_it_cannot_hold_and_carries_one_it_can() {
-    let fs = match SmallTmpfs::mount(1024) {
+    let fs = match common::SmallTmpfs::mount("small", 1024) {
         Ok(fs) => fs,
         Err(why) => {
             // The check itself is also tested against /dev/shm in tests/refusals.rs

@@ -387,3 +387,41 @@ impl Drop for ChildProc {
         }
     }
 }
+
+/// A tmpfs of its own, mounted for one test at a fresh directory (`dir`); unmounted and removed
+/// when dropped. Needs root.
+pub struct SmallTmpfs {
+    pub dir: std::path::PathBuf,
+}
+
+impl SmallTmpfs {
+    /// Mount a tmpfs of `kib` KiB at a directory named after `what` and this process, or say
+    /// why it cannot be done here (not root, no `mount`).
+    pub fn mount(what: &str, kib: u64) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("shmbus-{what}-tmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700")])
+            .arg("shmbus-test")
+            .arg(&dir)
+            .output();
+        let why = match out {
+            Ok(out) if out.status.success() => return Ok(Self { dir }),
+            Ok(out) => String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("mount failed")
+                .to_string(),
+            Err(e) => format!("cannot run mount: {e}"),
+        };
+        let _ = std::fs::remove_dir(&dir);
+        Err(why)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

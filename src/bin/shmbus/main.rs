@@ -3,7 +3,8 @@
 //! `shmbus demo` streams typed messages from a publisher process to a subscriber process and
 //! checks every one, then measures the round trip; `shmbus bench` measures shmbus beside the
 //! raw limits of the machine, in two pinned processes; `list`, `inspect`, `echo`, `pub` and
-//! `clean` look at a bus, its messages and its leftovers (`topics.rs`). The hidden `__demo-subscriber` and
+//! `clean` look at a bus, its messages and its leftovers (`topics.rs`), `hz` and `top` at its
+//! rates (`live.rs`), and `doctor` at the machine it runs on (`doctor.rs`). The hidden `__demo-subscriber` and
 //! `__bench-peer` subcommands are the child processes those two start by re-executing this
 //! binary; they are not for people.
 //!
