@@ -8,6 +8,7 @@
 //! pipe while another series runs. The harness never asserts a time.
 
 mod kernel;
+mod plot;
 mod raw;
 mod report;
 mod shm;
@@ -83,6 +84,10 @@ pub struct BenchArgs {
     /// Append the JSON lines to FILE as well.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Write the latency cases to FILE as an SVG of percentile curves (one panel per group:
+    /// each case beside its limit), titled with the machine, the command and the date.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Recorded round trips per latency case, after warm-up [default: 100000, or 10000 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     iters: Option<u64>,
@@ -202,35 +207,48 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-overwrite-burst-8sub-64B", 64, true),
 ];
 
-/// Latency groups, each run interleaved. In a group, the `raw-*` series is the limit of every
-/// `shm-*` case, and any other series (pipe, socket) is an alternative a user might pick
-/// instead, reported against the group's first case.
-const LATENCY_GROUPS: &[&[&str]] = &[
+/// Latency groups, each run interleaved, with the title of its panel in the plot. In a
+/// group, the `raw-*` series is the limit of every `shm-*` case, and any other series (pipe,
+/// socket) is an alternative a user might pick instead, reported against the group's first
+/// case.
+const LATENCY_GROUPS: &[(&str, &[&str])] = &[
     // raw-two-lines: one line each way, what a round trip over two topics must move at least.
-    &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
+    (
+        "Polling, 8 bytes, beside one cache line and two",
+        &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
+    ),
     // Latency against payload size: 8 bytes written in place into ever larger slots.
-    &[
-        "shm-poll-64B",
-        "raw-cacheline",
-        "shm-poll-1KiB-write8",
-        "shm-poll-4KiB-write8",
-        "shm-poll-64KiB-write8",
-    ],
+    (
+        "Polling: 8 bytes written into slots of 64 B to 64 KiB",
+        &[
+            "shm-poll-64B",
+            "raw-cacheline",
+            "shm-poll-1KiB-write8",
+            "shm-poll-4KiB-write8",
+            "shm-poll-64KiB-write8",
+        ],
+    ),
     // Fan-out: the same round trip with more subscribers of the ping.
-    &[
-        "shm-fanout-1-64B",
-        "raw-cacheline",
-        "shm-fanout-2-64B",
-        "shm-fanout-4-64B",
-        "shm-fanout-8-64B",
-    ],
-    &[
-        "shm-futex-64B",
-        "raw-futex",
-        "shm-futex-nospin-64B",
-        "pipe-64B",
-        "unix-socket-64B",
-    ],
+    (
+        "Polling, 64 bytes, 1 to 8 subscribers of the ping",
+        &[
+            "shm-fanout-1-64B",
+            "raw-cacheline",
+            "shm-fanout-2-64B",
+            "shm-fanout-4-64B",
+            "shm-fanout-8-64B",
+        ],
+    ),
+    (
+        "Blocking, 64 bytes: futex wake-ups, beside a pipe and a Unix socket",
+        &[
+            "shm-futex-64B",
+            "raw-futex",
+            "shm-futex-nospin-64B",
+            "pipe-64B",
+            "unix-socket-64B",
+        ],
+    ),
 ];
 
 /// Throughput groups: the case and its limit.
@@ -416,10 +434,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 .iter()
                 .any(|n| args.only.iter().any(|o| n.contains(o.as_str())))
     };
-    let latency_groups: Vec<&[&str]> = LATENCY_GROUPS
+    let latency_groups: Vec<(&str, &[&str])> = LATENCY_GROUPS
         .iter()
         .copied()
-        .filter(|g| selected(g))
+        .filter(|g| selected(g.1))
         .collect();
     let stream_groups: Vec<[&str; 2]> = STREAM_GROUPS
         .iter()
@@ -428,6 +446,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .collect();
     if latency_groups.is_empty() && stream_groups.is_empty() {
         bail!("no case matches --only {:?}", args.only);
+    }
+    if let Some(path) = &args.plot {
+        // Said now rather than after the run.
+        if latency_groups.is_empty() {
+            bail!(
+                "--plot draws the latency cases, and --only {:?} selects none",
+                args.only
+            );
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "--plot {}: {} is not a directory",
+                path.display(),
+                dir.display()
+            );
+        }
     }
 
     let cpus = if args.same_cpu {
@@ -489,7 +527,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut group_no = 0;
 
     let mut latency_rows = Vec::new();
-    for group in latency_groups {
+    let mut panels = Vec::new();
+    for (title, group) in latency_groups {
         group_no += 1;
         if group.iter().any(|n| series(n).1) && !spin_ok {
             continue;
@@ -510,6 +549,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             fig: figs[k],
         };
         let limit = group.iter().position(|n| n.starts_with("raw-"));
+        panels.push(plot::Panel {
+            title,
+            series: group
+                .iter()
+                .zip(&figs)
+                .enumerate()
+                .map(|(k, (&name, &fig))| plot::Series {
+                    name,
+                    role: if Some(k) == limit {
+                        plot::Role::Limit
+                    } else if name.starts_with("shm-") {
+                        plot::Role::Case
+                    } else {
+                        plot::Role::Alternative
+                    },
+                    fig,
+                })
+                .collect(),
+        });
         for (k, name) in group.iter().enumerate() {
             if name.starts_with("shm-") {
                 latency_rows.push(LatencyRow {
@@ -564,6 +622,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         clock_ns,
         stream_capacity: STREAM_CAPACITY,
     };
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&machine, &run, &notes, &panels))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let json = report::json_lines(&machine, &run, &latency_rows, &stream_rows);
     if let Some(path) = &args.out {
         let mut file = std::fs::OpenOptions::new()
