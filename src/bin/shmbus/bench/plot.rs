@@ -56,7 +56,7 @@ const LINE_H: f64 = 16.0;
 /// The longest header line, in characters, before it is wrapped (about 5.5 px a character).
 const WRAP: usize = 155;
 /// The least distance between two labels of the y axis.
-const LABEL_GAP: f64 = 14.0;
+const LABEL_GAP: f64 = 20.0;
 
 /// Where the max is drawn on the nines axis: one decade past p99.99, in a column of its own
 /// (its true percentile depends on the number of samples).
