@@ -40,6 +40,10 @@ pub fn timed_round_trips(
     Ok(())
 }
 
+/// The quantiles of a percentile curve ([`Latency::curve`]), for the bench's plot: p50, p75,
+/// p90, p99, p99.9 and p99.99 (the max is [`Latency::max`]).
+pub const CURVE_QUANTILES: [f64; 6] = [0.5, 0.75, 0.9, 0.99, 0.999, 0.9999];
+
 /// The figures of one histogram, in nanoseconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Latency {
@@ -50,6 +54,9 @@ pub struct Latency {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+    /// The value at each of [`CURVE_QUANTILES`]: the plot's points, which neither the table
+    /// nor the JSON lines print.
+    pub curve: [u64; CURVE_QUANTILES.len()],
 }
 
 impl Latency {
@@ -63,6 +70,7 @@ impl Latency {
             p999: hist.value_at_quantile(0.999),
             max: hist.max(),
             mean: hist.mean(),
+            curve: CURVE_QUANTILES.map(|q| hist.value_at_quantile(q)),
         }
     }
 }
@@ -127,6 +135,22 @@ mod tests {
         })?;
         assert_eq!(seen, [0, 1, 2, 3, 4]);
         assert_eq!(hist.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn curve_reads_the_quantiles() -> Result<()> {
+        let mut hist = histogram()?;
+        for ns in 1..=100_000 {
+            hist.record(ns).unwrap();
+        }
+        let fig = Latency::of(&hist);
+        // Three significant digits: within 0.1% of the exact quantile.
+        for (&q, &ns) in CURVE_QUANTILES.iter().zip(&fig.curve) {
+            let exact = q * 100_000.0;
+            assert!((ns as f64 - exact).abs() <= exact / 1000.0, "{q}: {ns}");
+        }
+        assert_eq!((fig.curve[0], fig.curve[3]), (fig.p50, fig.p99));
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! pipe while another series runs. The harness never asserts a time.
 
 mod kernel;
+mod plot;
 mod raw;
 mod report;
 mod shm;
@@ -15,7 +16,7 @@ mod shm;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -83,6 +84,10 @@ pub struct BenchArgs {
     /// Append the JSON lines to FILE as well.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Write the latency cases to FILE as an SVG of percentile curves (one panel per group:
+    /// each case beside its limit), titled with the machine, the command and the date.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Recorded round trips per latency case, after warm-up [default: 100000, or 10000 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     iters: Option<u64>,
@@ -202,35 +207,48 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-overwrite-burst-8sub-64B", 64, true),
 ];
 
-/// Latency groups, each run interleaved. In a group, the `raw-*` series is the limit of every
-/// `shm-*` case, and any other series (pipe, socket) is an alternative a user might pick
-/// instead, reported against the group's first case.
-const LATENCY_GROUPS: &[&[&str]] = &[
+/// Latency groups, each run interleaved, with the title of its panel in the plot. In a
+/// group, the `raw-*` series is the limit of every `shm-*` case, and any other series (pipe,
+/// socket) is an alternative a user might pick instead, reported against the group's first
+/// case.
+const LATENCY_GROUPS: &[(&str, &[&str])] = &[
     // raw-two-lines: one line each way, what a round trip over two topics must move at least.
-    &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
+    (
+        "Polling, 8 bytes, beside one cache line and two",
+        &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
+    ),
     // Latency against payload size: 8 bytes written in place into ever larger slots.
-    &[
-        "shm-poll-64B",
-        "raw-cacheline",
-        "shm-poll-1KiB-write8",
-        "shm-poll-4KiB-write8",
-        "shm-poll-64KiB-write8",
-    ],
+    (
+        "Polling: 8 bytes written into slots of 64 B to 64 KiB",
+        &[
+            "shm-poll-64B",
+            "raw-cacheline",
+            "shm-poll-1KiB-write8",
+            "shm-poll-4KiB-write8",
+            "shm-poll-64KiB-write8",
+        ],
+    ),
     // Fan-out: the same round trip with more subscribers of the ping.
-    &[
-        "shm-fanout-1-64B",
-        "raw-cacheline",
-        "shm-fanout-2-64B",
-        "shm-fanout-4-64B",
-        "shm-fanout-8-64B",
-    ],
-    &[
-        "shm-futex-64B",
-        "raw-futex",
-        "shm-futex-nospin-64B",
-        "pipe-64B",
-        "unix-socket-64B",
-    ],
+    (
+        "Polling, 64 bytes, 1 to 8 subscribers of the ping",
+        &[
+            "shm-fanout-1-64B",
+            "raw-cacheline",
+            "shm-fanout-2-64B",
+            "shm-fanout-4-64B",
+            "shm-fanout-8-64B",
+        ],
+    ),
+    (
+        "Blocking, 64 bytes: futex wake-ups, beside a pipe and a Unix socket",
+        &[
+            "shm-futex-64B",
+            "raw-futex",
+            "shm-futex-nospin-64B",
+            "pipe-64B",
+            "unix-socket-64B",
+        ],
+    ),
 ];
 
 /// Throughput groups: the case and its limit.
@@ -371,24 +389,46 @@ fn split_blocks(total: u64, min_blocks: u64, max_per_block: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The progress line on stderr: rewritten in place on a terminal, one line per group
-/// otherwise (so that a CI log stays readable).
+/// The progress on stderr: on a terminal, a bar redrawn in place with the elapsed time and
+/// the case; otherwise one plain line per group, so that a CI log stays readable.
 struct Progress {
     tty: bool,
+    start: Instant,
+    /// Groups in the run, skipped ones included.
+    groups: usize,
 }
 
+/// The width of the progress line on a terminal: 80 columns, less one so that a terminal of
+/// 80 never wraps it.
+const PROGRESS_WIDTH: usize = 79;
+
+/// The width of the bar inside the progress line, in characters.
+const BAR_WIDTH: usize = 20;
+
 impl Progress {
-    fn group(&self, text: &str) {
+    /// Group `group` (from 1) of `self.groups`, `names` its series, starts.
+    fn group(&self, group: usize, names: &[&str]) {
         if !self.tty {
-            eprintln!("bench: {text}");
+            eprintln!("bench: [{group}/{}] {}", self.groups, names.join(" | "));
         }
+        self.show(group, names, 0, 1, "warm-up");
     }
 
-    fn show(&self, text: &str) {
-        if self.tty {
-            eprint!("\r{text:<79}");
-            let _ = std::io::stderr().flush();
+    /// Group `group` has run `done` of its `blocks` blocks; `what` says what runs now.
+    fn show(&self, group: usize, names: &[&str], done: usize, blocks: usize, what: &str) {
+        if !self.tty {
+            return;
         }
+        let line = progress_line(
+            self.start.elapsed(),
+            group,
+            self.groups,
+            done as f64 / blocks.max(1) as f64,
+            names,
+            what,
+        );
+        eprint!("\r{line:<PROGRESS_WIDTH$}");
+        let _ = std::io::stderr().flush();
     }
 }
 
@@ -396,9 +436,39 @@ impl Drop for Progress {
     /// Clears the line, also on an early return, so that an error starts on a clean line.
     fn drop(&mut self) {
         if self.tty {
-            eprint!("\r{:79}\r", "");
+            eprint!("\r{:PROGRESS_WIDTH$}\r", "");
         }
     }
+}
+
+/// `bench [#####...............] 0:42 [2/11] shm-poll-64B +4, block 3/10`: the whole run's
+/// share done (groups before this one, and `fraction` of this one), the time since the start,
+/// and the group's first case; never wider than [`PROGRESS_WIDTH`].
+fn progress_line(
+    elapsed: Duration,
+    group: usize,
+    groups: usize,
+    fraction: f64,
+    names: &[&str],
+    what: &str,
+) -> String {
+    let done = (group.saturating_sub(1) as f64 + fraction.clamp(0.0, 1.0)) / groups.max(1) as f64;
+    // Rounded down: the bar is full only when the run is done.
+    let filled = ((done * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
+    let secs = elapsed.as_secs();
+    let more = match names.len() {
+        0 | 1 => String::new(),
+        n => format!(" +{}", n - 1),
+    };
+    let line = format!(
+        "bench [{}{}] {}:{:02} [{group}/{groups}] {}{more}, {what}",
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH - filled),
+        secs / 60,
+        secs % 60,
+        names.first().copied().unwrap_or(""),
+    );
+    line.chars().take(PROGRESS_WIDTH).collect()
 }
 
 /// `shmbus bench`.
@@ -416,10 +486,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 .iter()
                 .any(|n| args.only.iter().any(|o| n.contains(o.as_str())))
     };
-    let latency_groups: Vec<&[&str]> = LATENCY_GROUPS
+    let latency_groups: Vec<(&str, &[&str])> = LATENCY_GROUPS
         .iter()
         .copied()
-        .filter(|g| selected(g))
+        .filter(|g| selected(g.1))
         .collect();
     let stream_groups: Vec<[&str; 2]> = STREAM_GROUPS
         .iter()
@@ -428,6 +498,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .collect();
     if latency_groups.is_empty() && stream_groups.is_empty() {
         bail!("no case matches --only {:?}", args.only);
+    }
+    if let Some(path) = &args.plot {
+        // Said now rather than after the run.
+        if latency_groups.is_empty() {
+            bail!(
+                "--plot draws the latency cases, and --only {:?} selects none",
+                args.only
+            );
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "--plot {}: {} is not a directory",
+                path.display(),
+                dir.display()
+            );
+        }
     }
 
     let cpus = if args.same_cpu {
@@ -479,30 +569,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         watchdog: watchdog.handle(),
     };
     let clock_ns = clock_overhead()?;
+    let groups_total = latency_groups.len() + stream_groups.len();
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
+        start: Instant::now(),
+        groups: groups_total,
     };
 
     let latency_blocks = split_blocks(round_trips, args.blocks, MAX_ROUND_TRIPS_PER_BLOCK);
     let stream_blocks = split_blocks(messages, args.blocks, MAX_MESSAGES_PER_BLOCK);
-    let groups_total = latency_groups.len() + stream_groups.len();
     let mut group_no = 0;
 
     let mut latency_rows = Vec::new();
-    for group in latency_groups {
+    let mut panels = Vec::new();
+    for (title, group) in latency_groups {
         group_no += 1;
         if group.iter().any(|n| series(n).1) && !spin_ok {
             continue;
         }
-        let label = format!("[{group_no}/{groups_total}] {}", group.join(" | "));
-        progress.group(&label);
-        progress.show(&format!("bench {label}: warm-up"));
+        progress.group(group_no, group);
         let figs = run_latency_group(&ctx, group, warm_up, &latency_blocks, |b| {
             watchdog.progress();
-            progress.show(&format!(
-                "bench {label}: block {b}/{}",
-                latency_blocks.len()
-            ));
+            let what = format!("block {b}/{}", latency_blocks.len());
+            progress.show(group_no, group, b - 1, latency_blocks.len(), &what);
         })?;
         let measured = |k: usize| Measured {
             name: group[k],
@@ -510,6 +599,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             fig: figs[k],
         };
         let limit = group.iter().position(|n| n.starts_with("raw-"));
+        panels.push(plot::Panel {
+            title,
+            series: group
+                .iter()
+                .zip(&figs)
+                .enumerate()
+                .map(|(k, (&name, &fig))| plot::Series {
+                    name,
+                    role: if Some(k) == limit {
+                        plot::Role::Limit
+                    } else if name.starts_with("shm-") {
+                        plot::Role::Case
+                    } else {
+                        plot::Role::Alternative
+                    },
+                    fig,
+                })
+                .collect(),
+        });
         for (k, name) in group.iter().enumerate() {
             if name.starts_with("shm-") {
                 latency_rows.push(LatencyRow {
@@ -533,12 +641,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         if !spin_ok {
             continue;
         }
-        let label = format!("[{group_no}/{groups_total}] {}", group.join(" | "));
-        progress.group(&label);
-        progress.show(&format!("bench {label}: warm-up"));
+        progress.group(group_no, &group);
         let [case, limit] = run_stream_group(&ctx, group, &stream_blocks, |b| {
             watchdog.progress();
-            progress.show(&format!("bench {label}: block {b}/{}", stream_blocks.len()));
+            let what = format!("block {b}/{}", stream_blocks.len());
+            progress.show(group_no, &group, b - 1, stream_blocks.len(), &what);
         })?;
         let measured = |k: usize, fig| Measured {
             name: group[k],
@@ -564,6 +671,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         clock_ns,
         stream_capacity: STREAM_CAPACITY,
     };
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&machine, &run, &notes, &panels))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let json = report::json_lines(&machine, &run, &latency_rows, &stream_rows);
     if let Some(path) = &args.out {
         let mut file = std::fs::OpenOptions::new()
@@ -655,4 +766,31 @@ fn run_stream_group(
         runner.finish()?;
     }
     Ok(figs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_fits_and_counts() {
+        let names = ["shm-poll-64B", "raw-cacheline", "shm-poll-1KiB-write8"];
+        let line = progress_line(Duration::from_secs(62), 2, 4, 0.5, &names, "block 6/10");
+        assert_eq!(
+            line,
+            "bench [#######.............] 1:02 [2/4] shm-poll-64B +2, block 6/10"
+        );
+        let long = ["shm-overwrite-publish-8sub-64B".repeat(3)];
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let line = progress_line(Duration::ZERO, 1, 1, 2.0, &long, "warm-up");
+        assert_eq!(line.chars().count(), PROGRESS_WIDTH);
+        assert!(line.starts_with(&format!("bench [{}] 0:00 [1/1] ", "#".repeat(BAR_WIDTH))));
+    }
+
+    #[test]
+    fn blocks_split_evenly() {
+        assert_eq!(split_blocks(10, 3, 100), [4, 3, 3]);
+        assert_eq!(split_blocks(250, 1, 100), [84, 83, 83]);
+        assert_eq!(split_blocks(2, 10, 100), [1, 1]);
+    }
 }
