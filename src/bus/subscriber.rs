@@ -175,6 +175,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             max_readers: shape.max_readers,
             reported_dead: vec![0; lanes as usize].into_boxed_slice(),
             phantom_checks: 0,
+            cut_at_close: None,
             lane: 0,
             turn: 0,
             copy,
@@ -400,6 +401,9 @@ pub struct Subscriber<T: ?Sized> {
     reported_dead: Box<[u64]>,
     /// Liveness checks in a row that found every lane free (see `check_publishers`).
     phantom_checks: u8,
+    /// Whether the file was found shorter than the mapping when the topic was first found
+    /// closed (`poll_empty`); asked once.
+    cut_at_close: Option<bool>,
     /// Overwrite: where each message is copied (and validated) before it is handed out.
     copy: Option<AlignedWords>,
     /// Block and Fail, `Checked` payloads: where each message is copied to be validated.
@@ -604,9 +608,11 @@ impl<T: ?Sized> Subscriber<T> {
             return Ok(None); // a message landed meanwhile: the caller polls again
         }
         // The zeros just read (the count above) may be the truncation's, not a close; or the
-        // truncation cut only what this side has not touched (a system call: the topic is
-        // closing anyway).
-        if self.truncation.is_set() || self.segment.shrunk() {
+        // truncation cut only what this side has not touched: a system call, made once (a
+        // real-time loop that keeps polling a closed topic makes no more).
+        let segment = &self.segment;
+        let cut = *self.cut_at_close.get_or_insert_with(|| segment.shrunk());
+        if cut || self.truncation.is_set() {
             return Err(RecvError::Truncated);
         }
         Err(RecvError::Disconnected)
@@ -894,11 +900,13 @@ impl<T: ?Sized> Subscriber<T> {
 
 impl<T: ?Sized + InPlace> Subscriber<T> {
     /// The next message if one is ready, without waiting. Real-time safe: no allocation, lock
-    /// or syscall (a wake syscall only if the publisher sleeps on a full ring).
+    /// or syscall (a wake syscall only if the publisher sleeps on a full ring; one `fstat`
+    /// the first time it finds the topic closed).
     ///
     /// # Errors
     /// [`RecvError::Disconnected`] once the publisher has closed and everything was received;
-    /// [`RecvError::Corrupt`] for a message with an impossible length (skipped).
+    /// [`RecvError::Corrupt`] for a message with an impossible length (skipped);
+    /// [`RecvError::Truncated`] once the segment is found cut.
     #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_, T>>, RecvError> {
         if let Some(ready) = self.poll_ready() {
