@@ -149,8 +149,10 @@ pub enum OpenError {
         pids: Vec<u32>,
     },
     /// A publisher moved on every time this subscriber tried to register its position (only
-    /// a publisher whose history is nearly its whole capacity scans that often); try again.
-    #[error("topic {topic:?}: its publisher kept moving while this subscriber joined; try again")]
+    /// a publisher whose history is nearly its whole capacity scans that often), or a live
+    /// publisher was still evicting a dead subscriber from the entry this one needs in its
+    /// lane after a thousand yields; try again.
+    #[error("topic {topic:?}: its publishers kept changing its tables while this subscriber joined; try again")]
     Contended {
         /// The name.
         topic: String,
