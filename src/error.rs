@@ -75,6 +75,23 @@ pub enum CreateError {
     /// Another failure of the segment layer.
     #[error(transparent)]
     Segment(SegmentError),
+    /// The bus's transport cannot do what was asked (an option it has no counterpart for).
+    #[error("the {transport} transport does not support {what}")]
+    Unsupported {
+        /// The transport's name.
+        transport: &'static str,
+        /// What was asked.
+        what: String,
+    },
+    /// A copying transport's system call failed (its socket, pipe, queue or file).
+    #[error("topic {topic:?}: {source}")]
+    Transport {
+        /// The name.
+        topic: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a topic could not be opened.
@@ -168,6 +185,32 @@ pub enum OpenError {
     /// Another failure of the segment layer (owner, mode, permissions, I/O).
     #[error(transparent)]
     Segment(SegmentError),
+    /// The bus's transport cannot do what was asked.
+    #[error("the {transport} transport does not support {what}")]
+    Unsupported {
+        /// The transport's name.
+        transport: &'static str,
+        /// What was asked.
+        what: String,
+    },
+    /// A copying transport's system call failed (connecting, reading the greeting).
+    #[error("topic {topic:?}: {source}")]
+    Transport {
+        /// The name.
+        topic: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The publisher's end refused this subscriber, or answered with something that is not
+    /// a valid greeting (another user, a wrong token, not a shmbus peer).
+    #[error("topic {topic:?}: {reason}")]
+    Refused {
+        /// The name.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a slot could not be loaned without waiting.
@@ -211,6 +254,20 @@ pub enum LoanError {
     /// [`Publisher::truncated`](crate::Publisher::truncated).
     #[error("the topic's segment was truncated by another process")]
     Truncated,
+    /// A copying transport's peer sent a frame that is not valid (a bad header, another
+    /// type, a message out of sequence, a frame cut short): a buggy or hostile publisher, or
+    /// a connection out of step. The connection was dropped; the receives that follow return
+    /// [`RecvError::Disconnected`].
+    #[error("the publisher sent an invalid frame: {0}")]
+    BadFrame(crate::transport::frame::FrameError),
+    /// A copying transport's system call failed while receiving.
+    #[error("receive failed: {detail}")]
+    Io {
+        /// The error's kind.
+        kind: std::io::ErrorKind,
+        /// The system's message.
+        detail: String,
+    },
 }
 
 /// `try_send` found the ring full; the message is handed back.
@@ -326,4 +383,18 @@ pub enum RecvError {
     /// than the mapping. Open the topic again once a publisher has created it again.
     #[error("the topic's segment was truncated by another process")]
     Truncated,
+    /// A copying transport's peer sent a frame that is not valid (a bad header, another
+    /// type, a message out of sequence, a frame cut short): a buggy or hostile publisher, or
+    /// a connection out of step. The connection was dropped; the receives that follow return
+    /// [`RecvError::Disconnected`].
+    #[error("the publisher sent an invalid frame: {0}")]
+    BadFrame(crate::transport::frame::FrameError),
+    /// A copying transport's system call failed while receiving.
+    #[error("receive failed: {detail}")]
+    Io {
+        /// The error's kind.
+        kind: std::io::ErrorKind,
+        /// The system's message.
+        detail: String,
+    },
 }

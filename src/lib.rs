@@ -57,6 +57,8 @@ pub mod layout;
 pub mod segment;
 #[cfg(not(shmbus_loom))]
 mod sigbus;
+#[cfg(not(shmbus_loom))]
+pub mod transport;
 
 #[cfg(not(shmbus_loom))]
 mod bus;

@@ -19,6 +19,7 @@
 //! `Sample::lane` says whose message it is).
 
 mod control;
+mod copying;
 mod discovery;
 mod payload;
 mod publisher;
@@ -31,7 +32,9 @@ pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 
 use crate::error::BusError;
 use crate::segment::{validate_name, Access, NameError, MAX_SEGMENT_NAME_LEN, SHM_DIR};
+use crate::transport::{Shm, Transport};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The default prefix of segment names: topic `md.eurusd` lives in `/dev/shm/shmbus.md.eurusd`.
 pub const DEFAULT_PREFIX: &str = "shmbus.";
@@ -52,6 +55,10 @@ pub struct Bus {
     prefix: String,
     access: Access,
     dir: PathBuf,
+    /// Whether the ring's segments outlive their publishers ([`crate::transport::MmapFile`]).
+    persistent: bool,
+    /// A copying transport, or `None` for a ring transport (in `dir`).
+    copying: Option<Arc<dyn Transport>>,
 }
 
 impl Bus {
@@ -68,8 +75,32 @@ impl Bus {
         BusBuilder {
             prefix: DEFAULT_PREFIX.into(),
             access: Access::Owner,
-            dir: SHM_DIR.into(),
+            transport: Arc::new(Shm::in_dir(SHM_DIR)),
         }
+    }
+
+    /// The bus's transport, by name (`shm`, `mmap-file`, `unix`, ...).
+    pub fn transport(&self) -> &'static str {
+        match &self.copying {
+            Some(t) => t.name(),
+            None if self.persistent => "mmap-file",
+            None => "shm",
+        }
+    }
+
+    /// The copying transport, if the bus has one.
+    pub(crate) fn copying(&self) -> Option<&dyn Transport> {
+        self.copying.as_deref()
+    }
+
+    /// Whether topics outlive their publishers (a memory-mapped file).
+    pub(crate) fn persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Whether the owner's group may use the bus's topics.
+    pub(crate) fn group_access(&self) -> bool {
+        self.access == Access::Group
     }
 
     /// The prefix of this bus's segment names.
@@ -77,7 +108,7 @@ impl Bus {
         &self.prefix
     }
 
-    /// The directory of this bus's segments.
+    /// The directory of this bus's segments (a ring transport's; `/dev/shm` by default).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -116,7 +147,7 @@ impl Bus {
 pub struct BusBuilder {
     prefix: String,
     access: Access,
-    dir: PathBuf,
+    transport: Arc<dyn Transport>,
 }
 
 impl BusBuilder {
@@ -144,7 +175,30 @@ impl BusBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.dir = dir.into();
+        self.transport = Arc::new(Shm::in_dir(dir));
+        self
+    }
+
+    /// The transport the bus's topics use: shared memory ([`Shm`], the default), a
+    /// memory-mapped file, sockets, pipes, a message queue or a file (see
+    /// [`crate::transport`]), or what [`crate::transport::recommended`] picks. The publisher
+    /// and subscriber calls are the same on each; what a transport cannot do (history and
+    /// several publishers on the copying ones) is refused with `Unsupported`.
+    ///
+    /// ```no_run
+    /// use shmbus::transport::Unix;
+    /// let bus = shmbus::Bus::builder().transport(Unix::new("/run/myapp")).build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn transport(mut self, transport: impl Transport + 'static) -> Self {
+        self.transport = Arc::new(transport);
+        self
+    }
+
+    /// As [`BusBuilder::transport`], for a transport chosen at run time (such as
+    /// [`crate::transport::recommended`]'s).
+    pub fn transport_boxed(mut self, transport: Box<dyn Transport>) -> Self {
+        self.transport = Arc::from(transport);
         self
     }
 
@@ -158,11 +212,20 @@ impl BusBuilder {
             prefix: self.prefix.clone(),
             reason,
         })?;
+        let Some(ring) = self.transport.ring() else {
+            return Ok(Bus {
+                prefix: self.prefix,
+                access: self.access,
+                dir: SHM_DIR.into(),
+                persistent: false,
+                copying: Some(self.transport),
+            });
+        };
         let dir_error = |source| BusError::Dir {
-            dir: self.dir.clone(),
+            dir: ring.dir.clone(),
             source,
         };
-        let meta = std::fs::metadata(&self.dir).map_err(dir_error)?;
+        let meta = std::fs::metadata(&ring.dir).map_err(dir_error)?;
         if !meta.is_dir() {
             return Err(dir_error(std::io::Error::from(
                 std::io::ErrorKind::NotADirectory,
@@ -171,7 +234,9 @@ impl BusBuilder {
         Ok(Bus {
             prefix: self.prefix,
             access: self.access,
-            dir: self.dir,
+            dir: ring.dir,
+            persistent: ring.persistent,
+            copying: None,
         })
     }
 }

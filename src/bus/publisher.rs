@@ -1,6 +1,7 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
 use super::control::{control_size, TopicControl};
+use super::copying::CopyPublisher;
 use super::payload::{AlignedWords, Checked, Payload};
 use super::subscriber::open_topic;
 use super::Bus;
@@ -124,6 +125,35 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     /// range), [`CreateError::AlreadyExists`], [`CreateError::NoSpace`]
     /// (the needed and available bytes), [`CreateError::Segment`] for other system errors.
     pub fn create(self) -> Result<Publisher<T>, CreateError> {
+        if let Some(transport) = self.bus.copying() {
+            let slot_size = T::fixed_size().map_or(self.slot_size.unwrap_or(4096), |s| s as u64);
+            let slot_size = u32::try_from(slot_size)
+                .ok()
+                .filter(|&s| s > 0 && s <= crate::transport::frame::MAX_PAYLOAD)
+                .ok_or(CreateError::InvalidConfig(
+                    crate::layout::ConfigError::SlotSize(slot_size),
+                ))?;
+            if self.max_publishers > 1 || self.history > 0 {
+                return Err(CreateError::Unsupported {
+                    transport: transport.name(),
+                    what: "several publishers or history on one topic".into(),
+                });
+            }
+            let copy = CopyPublisher::create(
+                transport,
+                self.bus,
+                &self.topic,
+                T::fingerprint(self.type_name.as_deref()),
+                self.policy,
+                slot_size,
+                self.capacity,
+            )?;
+            return Ok(Publisher {
+                imp: Imp::Copy(Box::new(copy)),
+                topic: self.topic,
+                _type: PhantomData,
+            });
+        }
         let name =
             self.bus
                 .segment_name(&self.topic)
@@ -222,6 +252,12 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     /// found, or closed by its last publisher, another type, a bad segment), and
     /// [`OpenError::TooManyPublishers`] when every lane is taken.
     pub fn attach(self) -> Result<Publisher<T>, OpenError> {
+        if let Some(transport) = self.bus.copying() {
+            return Err(OpenError::Unsupported {
+                transport: transport.name(),
+                what: "several publishers on one topic".into(),
+            });
+        }
         let open = open_topic(self.bus, &self.topic)?;
         open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
         let (geometry, shape) = (open.geometry, open.shape);
@@ -307,20 +343,23 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         let staging = (shape.policy == Policy::Overwrite)
             .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
         Publisher {
-            inner: Inner {
-                writer,
-                control,
-                lane: &*lane_control.owner,
-                capacity: geometry.capacity,
-                policy: shape.policy,
-                wait: self.wait,
-                barrier_ok,
-                staging,
-                slot_size: geometry.slot_size,
-                truncation: segment.truncation(),
-            },
+            imp: Imp::Ring(Ring {
+                inner: Inner {
+                    writer,
+                    control,
+                    lane: &*lane_control.owner,
+                    capacity: geometry.capacity,
+                    policy: shape.policy,
+                    wait: self.wait,
+                    barrier_ok,
+                    staging,
+                    slot_size: geometry.slot_size,
+                    truncation: segment.truncation(),
+                    persistent: self.bus.persistent(),
+                },
+                segment,
+            }),
             topic: self.topic,
-            segment,
             _type: PhantomData,
         }
     }
@@ -351,6 +390,8 @@ struct Inner {
     /// (subscribers may be copying the slot meanwhile; see `crate::ring::broadcast`).
     staging: Option<AlignedWords>,
     slot_size: u32,
+    /// The topic outlives its publishers (a memory-mapped file): its name is kept at close.
+    persistent: bool,
 }
 
 impl Inner {
@@ -454,16 +495,39 @@ impl Inner {
 /// [`RecvError::Disconnected`](crate::RecvError::Disconnected), and the name is unlinked.
 #[derive(Debug)]
 pub struct Publisher<T: ?Sized> {
-    inner: Inner,
+    imp: Imp,
     topic: String,
-    // Declared last: dropped after `inner`, whose pointers point into it.
-    segment: Segment,
     _type: PhantomData<fn(&T)>,
 }
 
+/// A publisher on a ring transport, or on a copying one. The ring is inline (it is the fast
+/// path: no indirection per message); the copying state, behind a system call per message
+/// anyway, is boxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Imp {
+    Ring(Ring),
+    Copy(Box<CopyPublisher>),
+}
+
+/// The ring publisher's state.
+#[derive(Debug)]
+struct Ring {
+    inner: Inner,
+    // Declared last: dropped after `inner`, whose pointers point into it.
+    segment: Segment,
+}
+
 // SAFETY: `Inner`'s raw pointer points into `segment`, which moves with it; the shared words
-// are all atomics, and the slots are this publisher's alone until sent.
+// are all atomics, and the slots are this publisher's alone until sent. A copying publisher's
+// parts are `Send`.
 unsafe impl<T: ?Sized> Send for Publisher<T> {}
+
+/// Where a loan's `send` goes.
+enum Target<'p> {
+    Ring(&'p mut Inner),
+    Copy(&'p mut CopyPublisher),
+}
 
 impl<T: ?Sized> Publisher<T> {
     /// The topic's name.
@@ -471,28 +535,51 @@ impl<T: ?Sized> Publisher<T> {
         &self.topic
     }
 
+    /// The name of the transport this publisher writes through (`shm`, `unix`, ...).
+    pub fn transport(&self) -> &'static str {
+        match &self.imp {
+            Imp::Ring(r) if r.inner.persistent => "mmap-file",
+            Imp::Ring(_) => "shm",
+            Imp::Copy(c) => c.transport(),
+        }
+    }
+
     /// Whether another process truncated the topic's segment under this publisher: what it
     /// sends since reaches nobody. The waiting calls report it (`LoanError::Truncated` and
     /// the like) when they find the ring full; a publisher that never waits (Overwrite, or
-    /// one far ahead of its subscribers) can ask here. One relaxed load.
+    /// one far ahead of its subscribers) can ask here. One relaxed load. Always `false` on a
+    /// copying transport.
     pub fn truncated(&self) -> bool {
-        self.inner.truncation.is_set()
+        match &self.imp {
+            Imp::Ring(r) => r.inner.truncation.is_set(),
+            Imp::Copy(_) => false,
+        }
     }
 
-    /// Number of slots.
+    /// Number of slots (on a copying transport, the capacity asked for: the kernel's buffers
+    /// hold what is in flight).
     pub fn capacity(&self) -> u64 {
         use crate::ring::SlotStorage;
-        self.inner.writer.storage().capacity()
+        match &self.imp {
+            Imp::Ring(r) => r.inner.writer.storage().capacity(),
+            Imp::Copy(c) => c.capacity(),
+        }
     }
 
     /// The topic's policy.
     pub fn policy(&self) -> Policy {
-        self.inner.policy
+        match &self.imp {
+            Imp::Ring(r) => r.inner.policy,
+            Imp::Copy(c) => c.policy(),
+        }
     }
 
     /// Sequence number the next message will get (messages sent so far).
     pub fn next_seq(&self) -> u64 {
-        self.inner.writer.next_seq()
+        match &self.imp {
+            Imp::Ring(r) => r.inner.writer.next_seq(),
+            Imp::Copy(c) => c.next_seq(),
+        }
     }
 
     /// How many subscribers are attached now.
@@ -501,13 +588,17 @@ impl<T: ?Sized> Publisher<T> {
     /// asked for): a publisher whose first messages must reach a subscriber waits for it with
     /// [`Publisher::wait_for_subscribers`] before it sends them.
     pub fn subscribers(&self) -> usize {
-        self.inner
-            .writer
-            .table()
-            .entries()
-            .iter()
-            .filter(|e| e.head().is_some())
-            .count()
+        match &self.imp {
+            Imp::Ring(r) => r
+                .inner
+                .writer
+                .table()
+                .entries()
+                .iter()
+                .filter(|e| e.head().is_some())
+                .count(),
+            Imp::Copy(c) => c.subscribers(),
+        }
     }
 
     /// Wait until at least `n` subscribers are attached, checking every 100 µs, for up to
@@ -527,14 +618,47 @@ impl<T: ?Sized> Publisher<T> {
 
     /// Largest payload in bytes.
     pub fn slot_size(&self) -> usize {
-        self.inner.slot_size as usize
+        match &self.imp {
+            Imp::Ring(r) => r.inner.slot_size as usize,
+            Imp::Copy(c) => c.slot_size() as usize,
+        }
     }
 
+    /// A slot (a buffer, on a copying transport) if one is free now.
+    #[inline(always)]
+    fn try_claim(&mut self) -> Option<*mut u8> {
+        match &mut self.imp {
+            Imp::Ring(r) => r.inner.try_claim(),
+            Imp::Copy(c) => c.try_claim(),
+        }
+    }
+
+    /// A slot, waiting (Block) until `deadline`.
+    #[inline]
+    fn claim(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
+        match &mut self.imp {
+            Imp::Ring(r) => r.inner.claim(deadline),
+            Imp::Copy(c) => c.claim(deadline),
+        }
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, len: u32) {
+        match &mut self.imp {
+            Imp::Ring(r) => r.inner.commit(len),
+            Imp::Copy(c) => c.commit(len),
+        }
+    }
+
+    #[inline(always)]
     fn loan_at(&mut self, ptr: *mut u8, len: u32) -> Loan<'_, T> {
         Loan {
             ptr,
             len,
-            inner: &mut self.inner,
+            target: match &mut self.imp {
+                Imp::Ring(r) => Target::Ring(&mut r.inner),
+                Imp::Copy(c) => Target::Copy(c),
+            },
             _type: PhantomData,
         }
     }
@@ -552,7 +676,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// [`TryLoanError::Full`].
     #[inline]
     pub fn try_loan(&mut self) -> Result<Loan<'_, T>, TryLoanError> {
-        match self.inner.try_claim() {
+        match self.try_claim() {
             Some(ptr) => Ok(self.loan_at(ptr, size_of::<T>() as u32)),
             None => Err(TryLoanError::Full),
         }
@@ -565,7 +689,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// [`LoanError::Full`] at once under [`Policy::Fail`].
     #[inline]
     pub fn loan(&mut self) -> Result<Loan<'_, T>, LoanError> {
-        let ptr = self.inner.claim(None)?;
+        let ptr = self.claim(None)?;
         Ok(self.loan_at(ptr, size_of::<T>() as u32))
     }
 
@@ -574,7 +698,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// # Errors
     /// [`LoanError::Timeout`]; [`LoanError::Full`] at once under [`Policy::Fail`].
     pub fn loan_timeout(&mut self, timeout: Duration) -> Result<Loan<'_, T>, LoanError> {
-        let ptr = self.inner.claim(Some(Instant::now() + timeout))?;
+        let ptr = self.claim(Some(Instant::now() + timeout))?;
         Ok(self.loan_at(ptr, size_of::<T>() as u32))
     }
 
@@ -600,7 +724,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// [`TrySendError::Full`] hands `value` back, at once, under [`Policy::Fail`] only.
     #[inline]
     pub fn send(&mut self, value: T) -> Result<(), TrySendError<T>> {
-        match self.inner.claim(None) {
+        match self.claim(None) {
             Ok(ptr) => {
                 let mut loan = self.loan_at(ptr, size_of::<T>() as u32);
                 loan.write(value);
@@ -640,7 +764,7 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
         // `size_of::<T>()` bytes (the topic's slot size is the type's), this publisher's alone
         // until the commit below.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
-        self.inner.commit(bytes.len() as u32);
+        self.commit(bytes.len() as u32);
     }
 
     /// Send `value` without waiting.
@@ -649,7 +773,7 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
     /// [`TrySendError::Full`] hands `value` back.
     #[inline]
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
-        match self.inner.try_claim() {
+        match self.try_claim() {
             Some(ptr) => {
                 self.write_and_send(ptr, &value);
                 Ok(())
@@ -664,7 +788,7 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
     /// [`TrySendError::Full`] at once under [`Policy::Fail`]; [`TrySendError::Truncated`].
     #[inline]
     pub fn send(&mut self, value: T) -> Result<(), TrySendError<T>> {
-        match self.inner.claim(None) {
+        match self.claim(None) {
             Ok(ptr) => {
                 self.write_and_send(ptr, &value);
                 Ok(())
@@ -680,7 +804,7 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
     /// [`SendTimeoutError::Timeout`], [`SendTimeoutError::Full`] (Fail),
     /// [`SendTimeoutError::Truncated`]: each hands `value` back.
     pub fn send_timeout(&mut self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        match self.inner.claim(Some(Instant::now() + timeout)) {
+        match self.claim(Some(Instant::now() + timeout)) {
             Ok(ptr) => {
                 self.write_and_send(ptr, &value);
                 Ok(())
@@ -709,7 +833,7 @@ impl Publisher<[u8]> {
         let len = self
             .check_len(len)
             .map_err(|(len, max)| TryLoanError::TooLarge { len, max })?;
-        match self.inner.try_claim() {
+        match self.try_claim() {
             Some(ptr) => Ok(self.loan_at(ptr, len)),
             None => Err(TryLoanError::Full),
         }
@@ -729,7 +853,7 @@ impl Publisher<[u8]> {
         let len = self
             .check_len(len)
             .map_err(|(len, max)| LoanError::TooLarge { len, max })?;
-        let ptr = self.inner.claim(timeout.map(|t| Instant::now() + t))?;
+        let ptr = self.claim(timeout.map(|t| Instant::now() + t))?;
         Ok(self.loan_at(ptr, len))
     }
 
@@ -745,7 +869,7 @@ impl Publisher<[u8]> {
     }
 }
 
-impl<T: ?Sized> Drop for Publisher<T> {
+impl Drop for Ring {
     fn drop(&mut self) {
         let control = self.inner.control();
         if self.inner.policy == Policy::Block && self.inner.wait.may_sleep() {
@@ -759,7 +883,7 @@ impl<T: ?Sized> Drop for Publisher<T> {
         // closed.
         let last = control.peers.leave();
         control.data.notify(&Futex);
-        if last {
+        if last && !self.inner.persistent {
             let _ = self.segment.unlink();
         }
     }
@@ -782,7 +906,7 @@ impl<T: ?Sized> Drop for Publisher<T> {
 /// ```
 #[must_use = "a loan publishes nothing until `send` is called"]
 pub struct Loan<'p, T: ?Sized> {
-    inner: &'p mut Inner,
+    target: Target<'p>,
     ptr: *mut u8,
     /// Bytes the message will have: `size_of::<T>()`, or the byte length asked for.
     len: u32,
@@ -794,12 +918,18 @@ impl<T: ?Sized> Loan<'_, T> {
     /// woken (a syscall only if one sleeps).
     #[inline]
     pub fn send(self) {
-        self.inner.commit(self.len);
+        match self.target {
+            Target::Ring(inner) => inner.commit(self.len),
+            Target::Copy(copy) => copy.commit(self.len),
+        }
     }
 
     /// The sequence number the message will have.
     pub fn seq(&self) -> u64 {
-        self.inner.writer.next_seq()
+        match &self.target {
+            Target::Ring(inner) => inner.writer.next_seq(),
+            Target::Copy(copy) => copy.next_seq(),
+        }
     }
 }
 

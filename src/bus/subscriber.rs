@@ -98,6 +98,35 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     /// [`OpenError::TooManySubscribers`], [`OpenError::InvalidName`], and [`OpenError::Segment`] for an owner,
     /// a mode or a system error.
     pub fn open(&self) -> Result<Subscriber<T>, OpenError> {
+        if let Some(copying) = self.bus.copying() {
+            return super::copying::open(
+                copying,
+                self.bus,
+                &self.topic,
+                self.copying_options(),
+                OPEN_HANDSHAKE,
+            )
+            .map(|s| Subscriber {
+                imp: SubImp::Copy(Box::new(s)),
+            });
+        }
+        self.open_ring().map(|s| Subscriber {
+            imp: SubImp::Ring(s),
+        })
+    }
+
+    fn copying_options(&self) -> super::copying::SubOptions {
+        super::copying::SubOptions {
+            wait: self.wait,
+            history: self.history,
+            any_type: self.any_type,
+            fingerprint: T::fingerprint(self.type_name.as_deref()),
+            fixed_size: T::fixed_size(),
+            align: T::align(),
+        }
+    }
+
+    fn open_ring(&self) -> Result<RingSubscriber<T>, OpenError> {
         let open = open_topic(self.bus, &self.topic)?;
         if !self.any_type {
             open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
@@ -168,7 +197,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         let check = (T::validated() && copy.is_none())
             .then(|| AlignedWords::new(open.geometry.slot_size as usize, T::align()));
         let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
-        Ok(Subscriber {
+        Ok(RingSubscriber {
             reader,
             more,
             lanes,
@@ -190,6 +219,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),
             truncation: open.segment.truncation(),
+            persistent: self.bus.persistent(),
             segment: open.segment,
             _type: PhantomData,
         })
@@ -380,12 +410,9 @@ fn expected_unknown() -> crate::layout::TypeFingerprint {
     crate::layout::TypeFingerprint::typed::<()>("<unknown kind>")
 }
 
-/// A subscriber of a topic: one entry of its subscriber table, a reader of every lane.
-///
-/// `Send` but not `Sync`: receiving takes `&mut self`, and a [`Sample`] borrows the subscriber
-/// until dropped, so one thread at a time reads.
+/// A subscriber of a ring topic: one entry of its subscriber table, a reader of every lane.
 #[derive(Debug)]
-pub struct Subscriber<T: ?Sized> {
+pub(crate) struct RingSubscriber<T: ?Sized> {
     /// The reader of lane 0 (the only lane of a topic with one publisher).
     reader: Reader<MappedSlots>,
     /// The readers of lanes 1.. (other publishers), empty for a topic with one publisher.
@@ -424,6 +451,8 @@ pub struct Subscriber<T: ?Sized> {
     topic: String,
     /// Set if the segment is found truncated under this mapping (`crate::sigbus`).
     truncation: crate::sigbus::Flag,
+    /// A memory-mapped file's topic (it outlives its publishers).
+    persistent: bool,
     // Declared last: dropped after the fields that point into it.
     segment: Segment,
     _type: PhantomData<fn(&T)>,
@@ -431,9 +460,9 @@ pub struct Subscriber<T: ?Sized> {
 
 // SAFETY: the raw pointers point into `segment`, which moves with the subscriber; shared words
 // are reached through atomics.
-unsafe impl<T: ?Sized> Send for Subscriber<T> {}
+unsafe impl<T: ?Sized> Send for RingSubscriber<T> {}
 
-impl<T: ?Sized> Subscriber<T> {
+impl<T: ?Sized> RingSubscriber<T> {
     #[inline(always)]
     fn control(&self) -> &TopicControl {
         // SAFETY: in the mapping, which outlives `self`'s use of it.
@@ -474,6 +503,14 @@ impl<T: ?Sized> Subscriber<T> {
     /// The topic's policy.
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    fn transport(&self) -> &'static str {
+        if self.persistent {
+            "mmap-file"
+        } else {
+            "shm"
+        }
     }
 
     #[inline(always)]
@@ -874,7 +911,7 @@ impl<T: ?Sized> Subscriber<T> {
             ptr,
             len: ready.len,
             seq: ready.seq,
-            subscriber: self,
+            owner: Owner::Ring(self),
         })
     }
 
@@ -893,12 +930,12 @@ impl<T: ?Sized> Subscriber<T> {
             ptr,
             len: ready.len,
             seq: ready.seq,
-            subscriber: self,
+            owner: Owner::Ring(self),
         }
     }
 }
 
-impl<T: ?Sized + InPlace> Subscriber<T> {
+impl<T: ?Sized + InPlace> RingSubscriber<T> {
     /// The next message if one is ready, without waiting. Real-time safe: no allocation, lock
     /// or syscall (a wake syscall only if the publisher sleeps on a full ring; one `fstat`
     /// the first time it finds the topic closed).
@@ -950,7 +987,7 @@ impl<T: ?Sized + InPlace> Subscriber<T> {
     }
 }
 
-impl<T: CheckedBitPattern + NoUninit> Subscriber<Checked<T>> {
+impl<T: CheckedBitPattern + NoUninit> RingSubscriber<Checked<T>> {
     /// The next message if one is ready, copied and validated, without waiting. Real-time
     /// safe, as [`Subscriber::try_recv`] for in-place payloads.
     ///
@@ -1010,7 +1047,7 @@ fn is_valid<T: CheckedBitPattern>(bytes: &[u8]) -> bool {
     bytemuck::checked::try_from_bytes::<T>(bytes).is_ok()
 }
 
-impl<T: ?Sized> Drop for Subscriber<T> {
+impl<T: ?Sized> Drop for RingSubscriber<T> {
     fn drop(&mut self) {
         // Out of the tables first: a publisher waiting for this subscriber stops waiting.
         // Lane 0's entry last: while it is held, no other subscriber takes this index in the
@@ -1044,7 +1081,7 @@ impl<T: ?Sized> Drop for Subscriber<T> {
 /// println!("{}", *first);
 /// ```
 pub struct Sample<'s, T: ?Sized> {
-    subscriber: &'s mut Subscriber<T>,
+    owner: Owner<'s, T>,
     ptr: *const u8,
     len: u32,
     seq: u64,
@@ -1060,14 +1097,35 @@ impl<T: ?Sized> Sample<'_, T> {
     /// Which of the topic's publishers sent it: the lane it came through (0 for the creator;
     /// see [`PublisherBuilder::attach`](crate::PublisherBuilder::attach)).
     pub fn lane(&self) -> usize {
-        self.subscriber.lane
+        match &self.owner {
+            Owner::Ring(s) => s.lane,
+            Owner::Copy(_) => 0,
+        }
     }
+
+    /// When its publisher sent it, in nanoseconds since the Unix epoch: copying transports
+    /// stamp each frame (`None` on the ring transports, which do not).
+    pub fn sent_at_ns(&self) -> Option<u64> {
+        match &self.owner {
+            Owner::Ring(_) => None,
+            Owner::Copy(c) => Some(c.last_stamp()),
+        }
+    }
+}
+
+/// Whose buffer a sample points into: a ring subscriber's slot (released on drop) or a
+/// copying subscriber's receive buffer.
+enum Owner<'s, T: ?Sized> {
+    Ring(&'s mut RingSubscriber<T>),
+    Copy(&'s mut super::copying::CopySubscriber<T>),
 }
 
 impl<T: ?Sized> Drop for Sample<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        self.subscriber.release();
+        if let Owner::Ring(subscriber) = &mut self.owner {
+            subscriber.release();
+        }
     }
 }
 
@@ -1120,5 +1178,208 @@ impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for Sample<'_, T> {
             .field("seq", &self.seq)
             .field("value", &**self)
             .finish()
+    }
+}
+
+/// How long `open` waits for a copying transport's publisher to greet a new subscriber.
+const OPEN_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// A subscriber of a topic.
+///
+/// On a ring transport (shared memory, the default) it holds an entry of the topic's
+/// subscriber table and a position in every publisher's lane, and reads messages in place; on
+/// a copying transport ([`crate::transport`]) it holds a connection and reads each message
+/// into a buffer of its own. The calls are the same.
+///
+/// `Send` but not `Sync`: receiving takes `&mut self`, and a [`Sample`] borrows the subscriber
+/// until dropped, so one thread at a time reads.
+#[derive(Debug)]
+pub struct Subscriber<T: ?Sized> {
+    imp: SubImp<T>,
+}
+
+/// The ring is inline (it is the fast path: no indirection per message); the copying state,
+/// behind a system call per message anyway, is boxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum SubImp<T: ?Sized> {
+    Ring(RingSubscriber<T>),
+    Copy(Box<super::copying::CopySubscriber<T>>),
+}
+
+impl<T: ?Sized> Subscriber<T> {
+    /// Whether another process truncated the topic's segment under this subscriber (the
+    /// receives then report [`RecvError::Truncated`]). One relaxed load. Always `false` on a
+    /// copying transport.
+    pub fn truncated(&self) -> bool {
+        match &self.imp {
+            SubImp::Ring(s) => s.truncated(),
+            SubImp::Copy(_) => false,
+        }
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        match &self.imp {
+            SubImp::Ring(s) => s.topic(),
+            SubImp::Copy(s) => s.topic(),
+        }
+    }
+
+    /// How many times this subscriber has paused for its [`SubscriberBuilder::slip`] (ring
+    /// transports).
+    pub fn slips(&self) -> u64 {
+        match &self.imp {
+            SubImp::Ring(s) => s.slips(),
+            SubImp::Copy(_) => 0,
+        }
+    }
+
+    /// Sequence number of the next message to receive from the topic's first publisher:
+    /// where this subscriber joined, plus the messages it has received and lost since. (Each
+    /// publisher numbers its own messages; see [`Sample::lane`].) On a copying transport,
+    /// 0 until the first message arrives.
+    pub fn next_seq(&self) -> u64 {
+        match &self.imp {
+            SubImp::Ring(s) => s.next_seq(),
+            SubImp::Copy(s) => s.next_seq(),
+        }
+    }
+
+    /// Messages this subscriber lost because a publisher overwrote them before it read them
+    /// ([`Policy::Overwrite`] only; always 0 otherwise). Exact: with what it received, they
+    /// account for every message published since it joined.
+    pub fn lost(&self) -> u64 {
+        match &self.imp {
+            SubImp::Ring(s) => s.lost(),
+            SubImp::Copy(s) => s.lost(),
+        }
+    }
+
+    /// The topic's policy.
+    pub fn policy(&self) -> Policy {
+        match &self.imp {
+            SubImp::Ring(s) => s.policy(),
+            SubImp::Copy(s) => s.policy(),
+        }
+    }
+
+    /// The name of the transport this subscriber reads through (`shm`, `unix`, ...).
+    pub fn transport(&self) -> &'static str {
+        match &self.imp {
+            SubImp::Ring(s) => s.transport(),
+            SubImp::Copy(s) => s.transport(),
+        }
+    }
+}
+
+impl<T: ?Sized + InPlace> Subscriber<T> {
+    /// The next message if one is ready, without waiting. On a ring transport real-time safe:
+    /// no allocation, lock or syscall (a wake syscall only if the publisher sleeps on a full
+    /// ring; one `fstat` the first time it finds the topic closed). On a copying transport one
+    /// non-blocking read.
+    ///
+    /// # Errors
+    /// [`RecvError::Disconnected`] once the publisher has closed and everything was received;
+    /// [`RecvError::Corrupt`] for a message with an impossible length (skipped);
+    /// [`RecvError::Truncated`] once the segment is found cut; on a copying transport
+    /// [`RecvError::PublisherGone`] when the connection ends without the publisher's goodbye,
+    /// [`RecvError::BadFrame`] for garbage.
+    #[inline(always)]
+    pub fn try_recv(&mut self) -> Result<Option<Sample<'_, T>>, RecvError> {
+        match &mut self.imp {
+            SubImp::Ring(s) => s.try_recv(),
+            SubImp::Copy(s) => s.recv_until(Some(Instant::now())),
+        }
+    }
+
+    /// The next message, waiting (per the subscriber's [`WaitStrategy`]) for as long as it
+    /// takes: see [`Subscriber::recv_timeout`].
+    ///
+    /// # Errors
+    /// As [`Subscriber::try_recv`].
+    #[inline(always)]
+    pub fn recv(&mut self) -> Result<Sample<'_, T>, RecvError> {
+        match &mut self.imp {
+            SubImp::Ring(s) => s.recv(),
+            SubImp::Copy(s) => s
+                .recv_until(None)
+                .map(|s| s.expect("a wait without a deadline ends with a message or an error")),
+        }
+    }
+
+    /// The next message, waiting up to `timeout`; `Ok(None)` if none came.
+    ///
+    /// # Errors
+    /// As [`Subscriber::try_recv`].
+    #[inline(always)]
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Sample<'_, T>>, RecvError> {
+        match &mut self.imp {
+            SubImp::Ring(s) => s.recv_timeout(timeout),
+            SubImp::Copy(s) => s.recv_until(Some(Instant::now() + timeout)),
+        }
+    }
+}
+
+impl<T: CheckedBitPattern + NoUninit> Subscriber<Checked<T>> {
+    /// The next message if one is ready, copied and validated, without waiting. Real-time
+    /// safe on a ring transport, as [`Subscriber::try_recv`] for in-place payloads.
+    ///
+    /// # Errors
+    /// [`RecvError::InvalidBitPattern`] for a message that is not a valid `T` (skipped), and
+    /// those of the in-place form.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Option<Sample<'_, Checked<T>>>, RecvError> {
+        match &mut self.imp {
+            SubImp::Ring(s) => s.try_recv(),
+            SubImp::Copy(s) => s.recv_checked(Some(Instant::now()), is_valid::<T>),
+        }
+    }
+
+    /// The next message, copied and validated, waiting for as long as it takes.
+    ///
+    /// # Errors
+    /// As [`Subscriber::<Checked<T>>::try_recv`](Subscriber::try_recv).
+    #[inline]
+    pub fn recv(&mut self) -> Result<Sample<'_, Checked<T>>, RecvError> {
+        match &mut self.imp {
+            SubImp::Ring(s) => s.recv(),
+            SubImp::Copy(s) => s
+                .recv_checked(None, is_valid::<T>)
+                .map(|s| s.expect("a wait without a deadline ends with a message or an error")),
+        }
+    }
+
+    /// The next message, copied and validated, waiting up to `timeout`; `Ok(None)` if none
+    /// came.
+    ///
+    /// # Errors
+    /// As [`Subscriber::<Checked<T>>::try_recv`](Subscriber::try_recv).
+    #[inline]
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Sample<'_, Checked<T>>>, RecvError> {
+        match &mut self.imp {
+            SubImp::Ring(s) => s.recv_timeout(timeout),
+            SubImp::Copy(s) => s.recv_checked(Some(Instant::now() + timeout), is_valid::<T>),
+        }
+    }
+}
+
+impl<'s, T: ?Sized> Sample<'s, T> {
+    /// A sample of a copying subscriber's buffer.
+    pub(super) fn copied(
+        owner: &'s mut super::copying::CopySubscriber<T>,
+        ptr: *const u8,
+        len: u32,
+        seq: u64,
+    ) -> Self {
+        Sample {
+            owner: Owner::Copy(owner),
+            ptr,
+            len,
+            seq,
+        }
     }
 }
