@@ -77,6 +77,7 @@ impl CopyPublisher {
             hello,
             group: bus.group_access(),
             any_type: false,
+            history: 0,
         };
         let sender = transport.publish(&endpoint)?;
         Ok(Self {
@@ -212,6 +213,7 @@ pub(crate) fn open<T: ?Sized>(
         },
         group: bus.group_access(),
         any_type: options.any_type,
+        history: options.history,
     };
     let rx = transport.subscribe(&endpoint, handshake)?;
     let hello = rx.hello().clone();

@@ -107,6 +107,10 @@ pub struct Endpoint<'a> {
     pub group: bool,
     /// A subscriber that takes any type ([`SubscriberBuilder::any_type`](crate::SubscriberBuilder::any_type)).
     pub any_type: bool,
+    /// What a subscriber asked of the past ([`SubscriberBuilder::history`](crate::SubscriberBuilder::history)):
+    /// a transport that keeps no past refuses anything but 0 with `OpenError::Unsupported`.
+    /// A publisher: 0.
+    pub history: u64,
 }
 
 impl Endpoint<'_> {

@@ -159,6 +159,12 @@ impl Transport for Unix {
             topic: topic(),
             source,
         };
+        if endpoint.history > 0 {
+            return Err(OpenError::Unsupported {
+                transport: self.name(),
+                what: "history (a socket delivers what is sent after a subscriber connects)".into(),
+            });
+        }
         let deadline = Instant::now() + timeout;
         let path = self.path(endpoint);
         let addr = Self::address(&path).map_err(io_err)?;
