@@ -75,6 +75,16 @@ pub enum CreateError {
     /// Another failure of the segment layer.
     #[error(transparent)]
     Segment(SegmentError),
+    /// A memory-mapped file's topic exists (left by an earlier run), and this publisher could
+    /// not go on with it: another type, a corrupt file, every lane taken.
+    #[error("topic {topic:?} exists and cannot be taken over: {source}")]
+    Existing {
+        /// The name.
+        topic: String,
+        /// Why it could not be attached to.
+        #[source]
+        source: Box<OpenError>,
+    },
     /// The bus's transport cannot do what was asked (an option it has no counterpart for).
     #[error("the {transport} transport does not support {what}")]
     Unsupported {

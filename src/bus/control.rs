@@ -113,6 +113,12 @@ impl Peers {
             .is_ok()
     }
 
+    /// Count one more publisher, also on a closed topic (one that outlives its publishers:
+    /// a memory-mapped file's).
+    pub(crate) fn rejoin(&self) {
+        self.publishers.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Count one publisher less. Returns whether it was the last.
     pub(crate) fn leave(&self) -> bool {
         self.publishers

@@ -169,6 +169,8 @@ const UNFINISHED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// `Segment::unlink_locked`). Segments that do not validate otherwise are never touched.
 pub(crate) fn remove_if_stale(bus: &Bus, topic: &str, dry_run: bool) -> bool {
     match open_topic(bus, topic) {
+        // A memory-mapped file's topic outlives its processes by design: it is a journal.
+        Ok(_) if bus.persistent() => false,
         Ok(open) => {
             is_stale(&open)
                 && if dry_run {

@@ -180,6 +180,14 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         )?;
         let mut segment =
             Segment::create(&self.bus.dir, &name, geometry.total_size, self.bus.access);
+        if matches!(segment, Err(SegmentError::AlreadyExists(_))) && self.bus.persistent() {
+            // A memory-mapped file's topic, left by an earlier run: go on with it.
+            let topic = self.topic.clone();
+            return self.attach().map_err(|source| CreateError::Existing {
+                topic,
+                source: Box::new(source),
+            });
+        }
         if matches!(segment, Err(SegmentError::AlreadyExists(_))) && self.remove_if_stale() {
             // What a killed publisher left behind, removed: create it afresh.
             segment = Segment::create(&self.bus.dir, &name, geometry.total_size, self.bus.access);
@@ -262,7 +270,11 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
         let (geometry, shape) = (open.geometry, open.shape);
         let control = open.control();
-        if !control.peers.join() {
+        // A memory-mapped file's topic, closed by its last publisher, is reopened: its name
+        // is kept at close, so nobody is removing it.
+        if self.bus.persistent() {
+            control.peers.rejoin();
+        } else if !control.peers.join() {
             // Its last publisher has left: the name is on its way out.
             return Err(OpenError::NotFound { topic: self.topic });
         }
