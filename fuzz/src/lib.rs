@@ -6,6 +6,8 @@
 //! The targets themselves stay thin; what they check lives here so that both check the same
 //! promises.
 
+pub mod frames;
+
 use shmbus::layout::{
     Geometry, HeaderValues, LayoutError, TopicShape, CONTROL_ALIGN, HEADER_SIZE, MAX_CAPACITY,
     MAX_LANES, MAX_READERS, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE, SLOTS_ALIGN, SLOT_HEADER_SIZE,

@@ -30,7 +30,7 @@ pub mod frame;
 mod link;
 mod unix;
 
-pub use link::{FrameReceiver, FrameSender, Ready, Received};
+pub use link::{FrameReceiver, FrameSender, Framed, Got, Ready, Received, Source};
 pub use unix::Unix;
 
 use crate::error::{CreateError, OpenError};
