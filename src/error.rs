@@ -102,6 +102,16 @@ pub enum CreateError {
         #[source]
         source: std::io::Error,
     },
+    /// The TCP transport would not, or could not, serve on its address.
+    #[error("topic {topic:?}: cannot serve on {addr}: {reason}")]
+    Listen {
+        /// The name.
+        topic: String,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: crate::transport::ListenError,
+    },
 }
 
 /// Why a topic could not be opened.

@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `SHBF` |
-//! | 4 | 1 | kind: 1 hello, 2 data, 3 close, 4 auth |
+//! | 4 | 1 | kind: 1 hello, 2 data, 3 close, 4 subscribe, 5 refuse |
 //! | 5 | 1 | format version (1) |
 //! | 6 | 2 | flags (0) |
 //! | 8 | 4 | payload length in bytes |
@@ -17,8 +17,12 @@
 //! All little-endian. A connection starts with the publisher's hello (its payload is a
 //! [`Hello`]: the full fingerprint, the publisher's pid and identity, the policy and the largest
 //! payload), then data frames, then a close frame when the publisher leaves cleanly; a
-//! connection that ends without a close is a publisher that died. A TCP subscriber speaks first
-//! when the publisher asks for a token: an auth frame whose payload is the token.
+//! connection that ends without a close is a publisher that died.
+//!
+//! A TCP subscriber speaks first, since one address serves every topic of its process: a
+//! subscribe frame (type hash, sequence and stamp 0) whose payload is a [`Subscribe`], the
+//! topic's full name and the token. The publisher answers with the topic's hello, or with a
+//! refuse frame (payload: a [`Refusal`]) and hangs up.
 //!
 //! Every byte here comes from another process, perhaps a hostile one: [`FrameHeader::decode`]
 //! and [`Hello::decode`] check every field, and the length is checked against the largest
@@ -32,9 +36,17 @@ pub const MAGIC: [u8; 4] = *b"SHBF";
 pub const VERSION: u8 = 1;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 40;
-/// The largest payload any frame may carry (hello, auth, or data): 16 MiB. A receiver
-/// accepts less: its topic's slot size.
+/// The largest payload any frame may carry (hello, subscribe, refuse, or data): 16 MiB. A
+/// receiver accepts less: its topic's slot size.
 pub const MAX_PAYLOAD: u32 = 16 << 20;
+/// The longest token a [`Subscribe`] carries, in bytes.
+pub const MAX_TOKEN_LEN: usize = 256;
+/// The longest topic name a [`Subscribe`] carries: `<prefix><topic>`, as a segment's name.
+pub const MAX_TOPIC_NAME_LEN: usize = crate::segment::MAX_SEGMENT_NAME_LEN;
+/// The largest payload of a subscribe frame: its fixed part, the longest name and token.
+pub const MAX_SUBSCRIBE_LEN: usize = 8 + MAX_TOPIC_NAME_LEN + MAX_TOKEN_LEN;
+/// Bytes in a refuse frame's payload.
+pub const REFUSAL_LEN: usize = 8;
 
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +58,10 @@ pub enum FrameKind {
     Data = 2,
     /// The publisher leaves cleanly: nothing follows.
     Close = 3,
-    /// A subscriber's token (TCP bound beyond loopback).
-    Auth = 4,
+    /// A TCP subscriber's request: a [`Subscribe`] (the topic it wants, and its token).
+    Subscribe = 4,
+    /// A TCP publisher's answer to a request it does not serve: a [`Refusal`]; it hangs up.
+    Refuse = 5,
 }
 
 impl FrameKind {
@@ -56,7 +70,8 @@ impl FrameKind {
             1 => FrameKind::Hello,
             2 => FrameKind::Data,
             3 => FrameKind::Close,
-            4 => FrameKind::Auth,
+            4 => FrameKind::Subscribe,
+            5 => FrameKind::Refuse,
             _ => return None,
         })
     }
@@ -146,6 +161,12 @@ pub enum FrameError {
     /// A hello whose payload is not a valid greeting.
     #[error("invalid hello: {0}")]
     BadHello(&'static str),
+    /// A subscribe frame whose payload is not a valid request.
+    #[error("invalid subscribe request: {0}")]
+    BadSubscribe(&'static str),
+    /// A refuse frame whose payload is not a refusal this build knows.
+    #[error("invalid refusal: {0}")]
+    BadRefusal(&'static str),
 }
 
 /// Bytes a frame of `len` payload bytes takes on the wire, padding included.
@@ -313,6 +334,128 @@ impl Hello {
             policy,
             max_len,
         })
+    }
+}
+
+/// A TCP subscriber's request, the payload of a subscribe frame:
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 2 | name length `n`, 1 to [`MAX_TOPIC_NAME_LEN`] |
+/// | 2 | 2 | token length `m`, 0 to [`MAX_TOKEN_LEN`] |
+/// | 4 | 4 | reserved (0) |
+/// | 8 | `n` | the topic's full name, `<prefix><topic>`, UTF-8 |
+/// | 8 + `n` | `m` | the token (none: `m` = 0) |
+///
+/// The payload is exactly `8 + n + m` bytes long.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Subscribe<'a> {
+    /// The topic's full name (`<prefix><topic>`).
+    pub name: &'a str,
+    /// The token, empty if none.
+    pub token: &'a [u8],
+}
+
+impl std::fmt::Debug for Subscribe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: it is a secret, and debug output ends up in logs.
+        f.debug_struct("Subscribe")
+            .field("name", &self.name)
+            .field("token_len", &self.token.len())
+            .finish()
+    }
+}
+
+impl<'a> Subscribe<'a> {
+    /// The request's bytes, or `None` if the name or the token is out of range.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        if self.name.is_empty()
+            || self.name.len() > MAX_TOPIC_NAME_LEN
+            || self.token.len() > MAX_TOKEN_LEN
+        {
+            return None;
+        }
+        let mut out = Vec::with_capacity(8 + self.name.len() + self.token.len());
+        out.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(self.token.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(self.token);
+        Some(out)
+    }
+
+    /// Decode and check a request: both lengths in range and adding up to the payload's, the
+    /// reserved bytes zero, the name UTF-8.
+    ///
+    /// # Errors
+    /// [`FrameError::BadSubscribe`], saying which check failed.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        if bytes.len() < 8 || bytes.len() > MAX_SUBSCRIBE_LEN {
+            return Err(FrameError::BadSubscribe("wrong length"));
+        }
+        let name_len = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
+        let token_len = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+        if bytes[4..8] != [0; 4] {
+            return Err(FrameError::BadSubscribe("reserved bytes not zero"));
+        }
+        if name_len == 0 || name_len > MAX_TOPIC_NAME_LEN {
+            return Err(FrameError::BadSubscribe("name length out of range"));
+        }
+        if token_len > MAX_TOKEN_LEN {
+            return Err(FrameError::BadSubscribe("token length out of range"));
+        }
+        if 8 + name_len + token_len != bytes.len() {
+            return Err(FrameError::BadSubscribe(
+                "lengths do not add up to the payload's",
+            ));
+        }
+        let name = std::str::from_utf8(&bytes[8..8 + name_len])
+            .map_err(|_| FrameError::BadSubscribe("name is not UTF-8"))?;
+        Ok(Self {
+            name,
+            token: &bytes[8 + name_len..],
+        })
+    }
+}
+
+/// Why a TCP publisher refused a subscriber: the payload of a refuse frame (a little-endian
+/// `u32` code, then 4 reserved bytes, 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Refusal {
+    /// The address serves no topic of that name.
+    NoSuchTopic = 1,
+    /// The token is wrong, or missing where one is required.
+    Token = 2,
+    /// The request is not a valid [`Subscribe`].
+    BadRequest = 3,
+}
+
+impl Refusal {
+    /// The refusal's bytes.
+    pub fn encode(self) -> [u8; REFUSAL_LEN] {
+        let mut out = [0u8; REFUSAL_LEN];
+        out[..4].copy_from_slice(&(self as u32).to_le_bytes());
+        out
+    }
+
+    /// Decode and check a refusal: a known code, the reserved bytes zero.
+    ///
+    /// # Errors
+    /// [`FrameError::BadRefusal`], saying which check failed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        if bytes.len() != REFUSAL_LEN {
+            return Err(FrameError::BadRefusal("wrong length"));
+        }
+        if bytes[4..] != [0; 4] {
+            return Err(FrameError::BadRefusal("reserved bytes not zero"));
+        }
+        match u32::from_le_bytes(bytes[..4].try_into().unwrap()) {
+            1 => Ok(Refusal::NoSuchTopic),
+            2 => Ok(Refusal::Token),
+            3 => Ok(Refusal::BadRequest),
+            _ => Err(FrameError::BadRefusal("unknown reason")),
+        }
     }
 }
 
@@ -580,6 +723,172 @@ mod tests {
         b[28..32].copy_from_slice(&0u32.to_le_bytes());
         assert!(Hello::decode(&b).is_err());
         assert!(Hello::decode(&b[..10]).is_err());
+    }
+
+    #[test]
+    fn a_subscribe_round_trips_and_every_field_is_checked() {
+        let req = Subscribe {
+            name: "shmbus.md.eurusd",
+            token: b"s3cret",
+        };
+        let bytes = req.encode().unwrap();
+        assert_eq!(bytes.len(), 8 + 16 + 6);
+        assert_eq!(Subscribe::decode(&bytes), Ok(req));
+        let no_token = Subscribe {
+            name: "t",
+            token: b"",
+        };
+        assert_eq!(Subscribe::decode(&no_token.encode().unwrap()), Ok(no_token));
+
+        let bad = |bytes: &[u8]| match Subscribe::decode(bytes) {
+            Err(FrameError::BadSubscribe(_)) => {}
+            other => panic!("{bytes:?} decoded as {other:?}"),
+        };
+        // Too short for the fixed part, and longer than any request.
+        bad(&[]);
+        bad(&bytes[..7]);
+        bad(&vec![0u8; MAX_SUBSCRIBE_LEN + 1]);
+        // Reserved bytes.
+        for at in 4..8 {
+            let mut b = bytes.clone();
+            b[at] = 1;
+            bad(&b);
+        }
+        // A name of 0 bytes, or longer than a name may be (the payload long enough for it).
+        let mut b = bytes.clone();
+        b[0..2].copy_from_slice(&0u16.to_le_bytes());
+        b[2..4].copy_from_slice(&22u16.to_le_bytes());
+        bad(&b);
+        let mut b = vec![0u8; 8 + MAX_TOPIC_NAME_LEN + 1];
+        b[0..2].copy_from_slice(&((MAX_TOPIC_NAME_LEN + 1) as u16).to_le_bytes());
+        b[8..].fill(b'a');
+        bad(&b);
+        // A token longer than a token may be.
+        let mut b = vec![b'a'; 8 + 1 + MAX_TOKEN_LEN + 1];
+        b[0..2].copy_from_slice(&1u16.to_le_bytes());
+        b[2..4].copy_from_slice(&((MAX_TOKEN_LEN + 1) as u16).to_le_bytes());
+        b[4..8].fill(0);
+        bad(&b);
+        // Lengths that claim more or less than the payload holds, or u16::MAX.
+        for (n, m) in [
+            (17u16, 6u16),
+            (16, 5),
+            (16, 7),
+            (15, 6),
+            (u16::MAX, u16::MAX),
+        ] {
+            let mut b = bytes.clone();
+            b[0..2].copy_from_slice(&n.to_le_bytes());
+            b[2..4].copy_from_slice(&m.to_le_bytes());
+            bad(&b);
+        }
+        bad(&bytes[..bytes.len() - 1]);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        bad(&longer);
+        // A name that is not UTF-8.
+        let mut b = bytes.clone();
+        b[8] = 0xff;
+        bad(&b);
+        // What cannot be encoded is not.
+        assert!(Subscribe {
+            name: "",
+            token: b""
+        }
+        .encode()
+        .is_none());
+        let long = "a".repeat(MAX_TOPIC_NAME_LEN + 1);
+        assert!(Subscribe {
+            name: &long,
+            token: b""
+        }
+        .encode()
+        .is_none());
+        assert!(Subscribe {
+            name: "t",
+            token: &[0; MAX_TOKEN_LEN + 1]
+        }
+        .encode()
+        .is_none());
+    }
+
+    #[test]
+    fn hostile_subscribe_bytes_never_panic_and_what_decodes_is_consistent() {
+        // Every single-byte change of a valid request, and pseudo-random payloads of every
+        // length up to past the limit: an error, or a request whose parts fill the payload.
+        let valid = Subscribe {
+            name: "shmbus.t",
+            token: b"tok",
+        }
+        .encode()
+        .unwrap();
+        let check = |bytes: &[u8]| {
+            if let Ok(req) = Subscribe::decode(bytes) {
+                assert!(!req.name.is_empty() && req.name.len() <= MAX_TOPIC_NAME_LEN);
+                assert!(req.token.len() <= MAX_TOKEN_LEN);
+                assert_eq!(8 + req.name.len() + req.token.len(), bytes.len());
+            }
+        };
+        for at in 0..valid.len() {
+            for v in 0..=255u8 {
+                let mut b = valid.clone();
+                b[at] = v;
+                check(&b);
+            }
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in 0..MAX_SUBSCRIBE_LEN + 16 {
+            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            check(&b);
+            // The same bytes with lengths that add up, so that the later checks are reached.
+            if len >= 9 {
+                let n = (next() as usize % (len - 8)).clamp(1, MAX_TOPIC_NAME_LEN);
+                let m = len - 8 - n;
+                b[0..2].copy_from_slice(&(n as u16).to_le_bytes());
+                b[2..4].copy_from_slice(&(m as u16).to_le_bytes());
+                b[4..8].fill(0);
+                check(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_round_trips_and_a_bad_one_is_refused() {
+        for r in [Refusal::NoSuchTopic, Refusal::Token, Refusal::BadRequest] {
+            assert_eq!(Refusal::decode(&r.encode()), Ok(r));
+        }
+        let bad = |b: &[u8]| assert!(matches!(Refusal::decode(b), Err(FrameError::BadRefusal(_))));
+        bad(&[]);
+        bad(&[1, 0, 0, 0]);
+        bad(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        bad(&[0; 8]);
+        bad(&[4, 0, 0, 0, 0, 0, 0, 0]);
+        bad(&[1, 0, 0, 0, 0, 0, 0, 1]);
+        bad(&[1, 0, 0, 1, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_subscribe_and_refuse_kinds_decode_and_the_next_does_not() {
+        for (kind, byte) in [(FrameKind::Subscribe, 4u8), (FrameKind::Refuse, 5)] {
+            let h = FrameHeader::control(kind, 8, 0);
+            let mut b = [0u8; HEADER_LEN];
+            h.encode(&mut b);
+            assert_eq!(b[4], byte);
+            assert_eq!(FrameHeader::decode(&b, 8), Ok(h));
+        }
+        let mut b = [0u8; HEADER_LEN];
+        FrameHeader::control(FrameKind::Refuse, 8, 0).encode(&mut b);
+        b[4] = 6;
+        assert_eq!(
+            FrameHeader::decode(&b, 8),
+            Err(FrameError::UnexpectedKind { found: 6 })
+        );
     }
 
     #[test]

@@ -28,9 +28,11 @@
 
 pub mod frame;
 mod link;
+mod tcp;
 mod unix;
 
 pub use link::{FrameReceiver, FrameSender, Framed, Got, Ready, Received, Source};
+pub use tcp::{ListenError, Tcp, TOKEN_ENV};
 pub use unix::Unix;
 
 use crate::error::{CreateError, OpenError};
@@ -201,6 +203,11 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+/// | `tcp:HOST:PORT` | [`Tcp`], with the token in `$SHMBUS_TCP_TOKEN` if that is set ([`TOKEN_ENV`]) |
+/// | `tcp:HOST:PORT#TOKEN` | [`Tcp`] with the token `TOKEN` (seen by every user in `ps`: prefer the variable) |
+///
+/// `HOST` is an IP address (`127.0.0.1`, `[::1]`) or a name resolved at each publish and
+/// subscribe.
 ///
 /// # Errors
 /// A message naming what is wrong with `spec`.
@@ -218,9 +225,10 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "shm" => Box::new(Shm::in_dir(rest)),
         "mmap" | "mmap-file" => Box::new(MmapFile::new(need_dir("mmap")?)),
         "unix" => Box::new(Unix::new(need_dir("unix")?)),
+        "tcp" => Box::new(Tcp::from_spec(rest)?),
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT)"
             ))
         }
     })

@@ -425,3 +425,29 @@ impl Drop for SmallTmpfs {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on now, for a test's publisher to bind. Taken
+/// below the kernel's ephemeral range (where no connecting socket is given it behind the test's
+/// back), a different one for each call in this process, and checked by binding it once.
+/// Another process could still take it before the test binds it: a tiny race, tolerated.
+pub fn free_tcp_port() -> u16 {
+    static NEXT: Mutex<u32> = Mutex::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    let (low, span) = (ephemeral_low - 10_000, 10_000);
+    loop {
+        let n = {
+            let mut next = lock(&NEXT);
+            *next += 1;
+            *next
+        };
+        assert!(n < span, "no free TCP port below {ephemeral_low}");
+        let port = low + (std::process::id().wrapping_mul(97).wrapping_add(n) % span);
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+}
