@@ -28,9 +28,11 @@
 
 pub mod frame;
 mod link;
+mod mqueue;
 mod unix;
 
 pub use link::{FrameReceiver, FrameSender, Ready, Received};
+pub use mqueue::{MessageQueue, QueueLimit};
 pub use unix::Unix;
 
 use crate::error::{CreateError, OpenError};
@@ -201,6 +203,7 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+/// | `mqueue` | [`MessageQueue`] (named in the kernel's message-queue namespace) |
 ///
 /// # Errors
 /// A message naming what is wrong with `spec`.
@@ -218,9 +221,11 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "shm" => Box::new(Shm::in_dir(rest)),
         "mmap" | "mmap-file" => Box::new(MmapFile::new(need_dir("mmap")?)),
         "unix" => Box::new(Unix::new(need_dir("unix")?)),
+        "mqueue" if rest.is_empty() => Box::new(MessageQueue::new()),
+        "mqueue" => return Err(format!("transport {spec:?}: mqueue takes no argument")),
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, mqueue)"
             ))
         }
     })
