@@ -557,6 +557,8 @@ struct Queue {
 struct QueueLink {
     queue: Arc<Queue>,
     session: u64,
+    /// The subscriber's pid, as its knock and its tag on the queue say.
+    pid: u32,
 }
 
 impl QueueLink {
@@ -588,8 +590,10 @@ impl Link for QueueLink {
     }
 
     fn peer_gone(&self) -> bool {
-        // An error (no locks here?) is not taken for a departure.
-        !self.current() || matches!(self.queue.mqd.seat_held(), Ok(false))
+        // The seat let go, or taken by another subscriber (which has not knocked yet). An
+        // error (locks refused?) is not taken for a departure.
+        !self.current()
+            || matches!(self.queue.mqd.held_at(TAG_BASE, TAG_SPAN), Ok(at) if at != Some(TAG_BASE + i64::from(self.pid)))
     }
 }
 
@@ -674,6 +678,7 @@ fn greet(queue: &Arc<Queue>, knock: &Knock, greeting: &[u8], stop: &OwnedFd) -> 
                 return Some(QueueLink {
                     queue: queue.clone(),
                     session,
+                    pid: knock.pid,
                 })
             }
             Err(Errno::EINTR) => continue,
