@@ -164,6 +164,7 @@ fn child_entry() {
         "pub" => child_publish(),
         "sub-idle" => child_subscribe_idle(),
         "limits" => child_limits(),
+        "queues-max" => child_queues_max(),
         other => panic!("unknown child role {other}"),
     };
     exit_child(code)
@@ -230,6 +231,63 @@ fn child_limits() -> i32 {
     say(&format!("RESULT made={} {refused}", made.len()));
     drop(made);
     0
+}
+
+/// In an IPC namespace of its own (its queues go with it), whose `queues_max` is 3: create
+/// two topics (two queues each); print how the second was refused. Says `skip` where the
+/// namespace cannot be had or set (not privileged).
+fn child_queues_max() -> i32 {
+    // SAFETY: only the IPC namespace is unshared, not the descriptor table (the case the
+    // function's contract is about); the threads started after this inherit it.
+    let unshared = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWIPC) };
+    if let Err(e) = unshared {
+        say(&format!("RESULT skip unshare:{e}"));
+        return 0;
+    }
+    if let Err(e) = std::fs::write("/proc/sys/fs/mqueue/queues_max", "3") {
+        say(&format!("RESULT skip queues_max:{e}"));
+        return 0;
+    }
+    let bus = bus(&arg("prefix"), false);
+    let first = bus.publisher::<u64>("a").create().expect("the first topic");
+    let how = match bus.publisher::<u64>("b").create() {
+        Ok(_) => "created".to_string(),
+        Err(CreateError::LimitReached {
+            limit: QueueLimit::QueuesMax { max },
+            ..
+        }) => format!("queues_max max={max}"),
+        Err(e) => format!("other {e}"),
+    };
+    drop(first);
+    say(&format!("RESULT {how}"));
+    0
+}
+
+#[test]
+fn a_queue_beyond_the_systems_queues_max_is_refused_naming_the_limit() {
+    let queues = Queues::new("mq-queues-max", &["a", "b"]);
+    let mut child = ChildProc::spawn("queues-max", &[("prefix", &queues.prefix)]);
+    child.wait_for_line("RESULT");
+    let finished = child.finish();
+    finished.assert_success();
+    let result = finished.result();
+    if let Some(why) = result
+        .keys()
+        .find(|k| k.starts_with("unshare:") || k.starts_with("queues_max:"))
+    {
+        common::skip(&format!(
+            "no IPC namespace of its own to set queues_max in: {why}"
+        ));
+        return;
+    }
+    assert!(
+        result.contains_key("queues_max"),
+        "{}",
+        finished.result_line()
+    );
+    assert_eq!(result["max"], "3", "{}", finished.result_line());
+    // Its namespace went with it: nothing in this one.
+    queues.assert_none_left();
 }
 
 #[test]
