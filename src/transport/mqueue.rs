@@ -559,6 +559,8 @@ struct QueueLink {
     session: u64,
     /// The subscriber's pid, as its knock and its tag on the queue say.
     pid: u32,
+    /// The subscriber's identity, from its knock: asked when the locks cannot be.
+    identity: u64,
 }
 
 impl QueueLink {
@@ -590,10 +592,14 @@ impl Link for QueueLink {
     }
 
     fn peer_gone(&self) -> bool {
-        // The seat let go, or taken by another subscriber (which has not knocked yet). An
-        // error (locks refused?) is not taken for a departure.
-        !self.current()
-            || matches!(self.queue.mqd.held_at(TAG_BASE, TAG_SPAN), Ok(at) if at != Some(TAG_BASE + i64::from(self.pid)))
+        if !self.current() {
+            return true;
+        }
+        // The seat let go, or taken by another subscriber (which has not knocked yet).
+        match self.queue.mqd.held_at(TAG_BASE, TAG_SPAN) {
+            Ok(at) => at != Some(TAG_BASE + i64::from(self.pid)),
+            Err(_) => !crate::segment::identity_alive(self.identity),
+        }
     }
 }
 
@@ -679,6 +685,7 @@ fn greet(queue: &Arc<Queue>, knock: &Knock, greeting: &[u8], stop: &OwnedFd) -> 
                     queue: queue.clone(),
                     session,
                     pid: knock.pid,
+                    identity: knock.identity,
                 })
             }
             Err(Errno::EINTR) => continue,
