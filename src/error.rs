@@ -112,6 +112,28 @@ pub enum CreateError {
         /// Why.
         reason: crate::transport::ListenError,
     },
+    /// The topic's largest message, framed, is longer than the system lets a message queue
+    /// carry (`/proc/sys/fs/mqueue/msgsize_max`): a smaller slot size, or a larger limit.
+    #[error(
+        "topic {topic:?}: a framed message takes {needed} bytes, the system's message queues \
+         carry at most {limit} (fs.mqueue.msgsize_max)"
+    )]
+    MessageTooLarge {
+        /// The name.
+        topic: String,
+        /// Bytes of the largest message with its frame header and padding.
+        needed: u64,
+        /// The system's largest queue message.
+        limit: u64,
+    },
+    /// A system limit on message queues refused the topic's queue: which one, and its figures.
+    #[error("topic {topic:?}: {limit}")]
+    LimitReached {
+        /// The name.
+        topic: String,
+        /// The limit.
+        limit: crate::transport::QueueLimit,
+    },
 }
 
 /// Why a topic could not be opened.

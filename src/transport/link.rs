@@ -78,6 +78,18 @@ pub trait Link: Send {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize>;
     /// The descriptor to poll for room (`POLLOUT`).
     fn fd(&self) -> BorrowedFd<'_>;
+    /// Whether the peer's departure must be asked with [`Link::peer_gone`]: a link whose
+    /// descriptor shows no hang-up and whose writes do not fail when the reader is gone (a
+    /// message queue). A fan-out then asks while a frame waits for room (at most every 10 ms)
+    /// and when it counts its subscribers.
+    fn watches_peer(&self) -> bool {
+        false
+    }
+    /// Whether the reader at the other end is gone (a system call; asked only of a link whose
+    /// [`Link::watches_peer`] says so). A live reader is never called gone.
+    fn peer_gone(&self) -> bool {
+        false
+    }
 }
 
 struct Conn {
@@ -159,6 +171,8 @@ impl Arrivals {
 pub struct FanOut {
     conns: Vec<Conn>,
     arrivals: Arc<Arrivals>,
+    /// When the links that watch their peer ([`Link::watches_peer`]) are asked next.
+    peer_check_at: Instant,
     /// Dropped last: the backend's acceptor, its listening socket, its name.
     _guard: Box<dyn Send>,
 }
@@ -177,6 +191,7 @@ impl FanOut {
         Self {
             conns: Vec::new(),
             arrivals,
+            peer_check_at: Instant::now(),
             _guard: guard,
         }
     }
@@ -220,7 +235,24 @@ impl FanOut {
         }
     }
 
-    /// Wait until one of the connections with pending bytes has room, or `deadline`.
+    /// Drop the connections with a frame waiting for room whose reader is gone, for the links
+    /// that must be asked ([`Link::watches_peer`]); at most every [`LIVENESS_CHECK`].
+    #[cold]
+    fn check_peers(&mut self) {
+        let now = Instant::now();
+        if now < self.peer_check_at {
+            return;
+        }
+        self.peer_check_at = now + LIVENESS_CHECK;
+        for c in &mut self.conns {
+            if c.has_pending() && c.link.watches_peer() && c.link.peer_gone() {
+                c.dead = true;
+            }
+        }
+    }
+
+    /// Wait until one of the connections with pending bytes has room, or `deadline` (or the
+    /// next look at the peers that must be asked whether they are gone).
     fn wait_room(&self, deadline: Instant) {
         let busy: Vec<BorrowedFd<'_>> = self
             .conns
@@ -235,7 +267,16 @@ impl FanOut {
         if fds.is_empty() {
             return;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let watched = self
+            .conns
+            .iter()
+            .any(|c| c.has_pending() && c.link.watches_peer());
+        let until = if watched {
+            deadline.min(self.peer_check_at)
+        } else {
+            deadline
+        };
+        let left = until.saturating_duration_since(Instant::now());
         let _ = rustix::event::poll(&mut fds, Some(&timespec(left)));
     }
 }
@@ -257,6 +298,10 @@ impl FrameSender for FanOut {
             let mut full = false;
             for c in &mut self.conns {
                 full |= !c.flush();
+            }
+            if full {
+                self.check_peers();
+                full = self.conns.iter().any(|c| !c.dead && c.has_pending());
             }
             self.reap();
             if !full {
@@ -283,7 +328,8 @@ impl FrameSender for FanOut {
     }
 
     fn subscribers(&self) -> usize {
-        // A subscriber that left is noticed when a write to it fails: look for hang-ups too.
+        // A subscriber that left is noticed when a write to it fails: look for hang-ups too,
+        // and ask the links whose descriptor shows none.
         let connected = self
             .conns
             .iter()
@@ -298,7 +344,8 @@ impl FrameSender for FanOut {
                     && fds[0]
                         .revents()
                         .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR);
-                !c.dead && !hung_up
+                let gone = c.link.watches_peer() && c.link.peer_gone();
+                !c.dead && !hung_up && !gone
             })
             .count();
         let arrived = self
@@ -331,9 +378,17 @@ impl Conn {
             if self.flush() {
                 return true;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let watched = self.link.watches_peer();
+            if watched && self.link.peer_gone() {
+                self.dead = true;
+                return true;
+            }
+            let mut left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
+            }
+            if watched {
+                left = left.min(LIVENESS_CHECK);
             }
             let fd = self.link.fd();
             let mut fds = [rustix::event::PollFd::new(

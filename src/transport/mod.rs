@@ -28,10 +28,12 @@
 
 pub mod frame;
 mod link;
+mod mqueue;
 mod tcp;
 mod unix;
 
 pub use link::{FrameReceiver, FrameSender, Framed, Got, Ready, Received, Source};
+pub use mqueue::{MessageQueue, QueueLimit};
 pub use tcp::{ListenError, Tcp, TOKEN_ENV};
 pub use unix::Unix;
 
@@ -203,6 +205,7 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+/// | `mqueue` | [`MessageQueue`] (named in the kernel's message-queue namespace) |
 /// | `tcp:HOST:PORT` | [`Tcp`], with the token in `$SHMBUS_TCP_TOKEN` if that is set ([`TOKEN_ENV`]) |
 /// | `tcp:HOST:PORT#TOKEN` | [`Tcp`] with the token `TOKEN` (seen by every user in `ps`: prefer the variable) |
 ///
@@ -226,9 +229,11 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "mmap" | "mmap-file" => Box::new(MmapFile::new(need_dir("mmap")?)),
         "unix" => Box::new(Unix::new(need_dir("unix")?)),
         "tcp" => Box::new(Tcp::from_spec(rest)?),
+        "mqueue" if rest.is_empty() => Box::new(MessageQueue::new()),
+        "mqueue" => return Err(format!("transport {spec:?}: mqueue takes no argument")),
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT, mqueue)"
             ))
         }
     })
