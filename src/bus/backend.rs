@@ -69,14 +69,23 @@ pub(super) fn open_segment(bus: &Bus, name: &str, max_size: u64) -> Result<Segme
 }
 
 /// The length the header's geometry is validated against: the whole mapping for a native
-/// segment; for a portable one, the ring part the header claims (at most the mapping), which
-/// [`validate_rest`] then checks the trailer against.
+/// segment; for a portable one, the ring part the header claims, which [`validate_rest`] then
+/// checks the trailer against, if it is a length a ring part can have (else the whole
+/// mapping, which the header then disagrees with: a not-ready header, all zeros, reads as not
+/// ready, a hostile one as inconsistent).
 #[cfg_attr(not(feature = "portable"), allow(unused_variables))]
 pub(super) fn ring_len(segment: &Segment, header: &HeaderValues) -> u64 {
     match segment.backend() {
         Backend::Native => segment.len(),
         #[cfg(feature = "portable")]
-        Backend::Portable => header.total_size.min(segment.len()),
+        Backend::Portable => {
+            let claimed = header.total_size;
+            if (crate::layout::HEADER_SIZE as u64..=segment.len()).contains(&claimed) {
+                claimed
+            } else {
+                segment.len()
+            }
+        }
     }
 }
 

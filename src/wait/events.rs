@@ -98,6 +98,11 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 /// How long a failed wait (an event found broken, or a timed wait refused) pauses before it
 /// returns, so that a broken event is polled every millisecond rather than spun on.
 const BROKEN_PAUSE: Duration = Duration::from_millis(1);
+/// Wake-ups in a row with the word unchanged after which an event counts as stuck raised (a
+/// peer wrote its flags: an auto-reset event turned manual never clears) and each further
+/// one pauses as a failed wait does. One in a row is the normal late `set` of a notifier that
+/// saw this slot parked just before its owner returned; a few notifiers can leave a few.
+const STUCK_AFTER: u32 = 4;
 /// Room left below the end of the current second when a timed wait is shortened (see
 /// [`wait_for`]): covers the time between this module's clock read and `raw_sync`'s.
 const CARRY_MARGIN_NS: i64 = 200_000;
@@ -300,6 +305,7 @@ impl Trailer {
             words: unsafe { self.words(base, first) } as *const SlotWords,
             events,
             mine,
+            unchanged: std::cell::Cell::new(0),
         }
     }
 
@@ -354,6 +360,8 @@ pub struct EventPark {
     events: Box<[Option<Box<dyn EventImpl>>]>,
     /// This party's slot, if it sleeps on this cell.
     mine: Option<usize>,
+    /// Wake-ups in a row that found the word unchanged (see [`STUCK_AFTER`]).
+    unchanged: std::cell::Cell<u32>,
 }
 
 impl std::fmt::Debug for EventPark {
@@ -401,9 +409,16 @@ impl Park for EventPark {
         let waited = wait_for(event, left.min(MAX_WAIT));
         words.parked.store(0, Ordering::Relaxed);
         match waited {
-            Waited::Woken => {}
-            Waited::TimedOut =>
-            {
+            Waited::Woken if word.load(Ordering::Relaxed) == expected => {
+                let unchanged = self.unchanged.get().saturating_add(1);
+                self.unchanged.set(unchanged);
+                if unchanged >= STUCK_AFTER {
+                    std::thread::sleep(BROKEN_PAUSE.min(left));
+                }
+            }
+            Waited::Woken => self.unchanged.set(0),
+            Waited::TimedOut => {
+                self.unchanged.set(0);
                 #[cfg(test)]
                 if word.load(Ordering::Relaxed) != expected {
                     tests::TIMED_OUT_WHEN_CHANGED.fetch_add(1, Ordering::Relaxed);
@@ -414,9 +429,10 @@ impl Park for EventPark {
     }
 
     fn wake_all(&self, word: &AtomicU32) {
-        let _ = word; // the caller changed it already
-                      // SeqCst fence [F2]: pairs with [F1] in `park`; orders the caller's change of `word`
-                      // before the loads of `parked`.
+        // The caller changed `word` already; what is left is to wake whoever sleeps.
+        let _ = word;
+        // SeqCst fence [F2]: pairs with [F1] in `park`; orders the caller's change of `word`
+        // before the loads of `parked`.
         fence(Ordering::SeqCst);
         for (slot, event) in self.events.iter().enumerate() {
             let words = self.words(slot);
