@@ -14,7 +14,16 @@
 //! user, no permission bits beyond the owner's (and the group's, if asked), a size that can
 //! hold a header and no more than the largest segment this build maps.
 //!
+//! With the cargo feature `portable`, a segment can instead be a named segment of the
+//! `shared_memory` crate ([`Backend::Portable`], `segment/portable.rs`), for systems without
+//! the `shm_open` semantics the checks above rely on. It keeps what it can (the SIGBUS
+//! defence, pages touched at creation and attach, the size bound) and says at each method
+//! what it cannot (owner and mode checks, the lock that tells a live segment from a stale one).
+//!
 //! This layer knows nothing of headers or rings: it hands out a mapped region of bytes.
+
+#[cfg(feature = "portable")]
+mod portable;
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{flock, FlockOperation, Mode};
@@ -190,15 +199,39 @@ impl Access {
     }
 }
 
+/// How a ring transport's segments are made and found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Files in a directory of a memory filesystem (`/dev/shm`), made and checked with the
+    /// system calls this module's top comment lists. The default.
+    #[default]
+    Native,
+    /// Named segments of the `shared_memory` crate (feature `portable`): see
+    /// [`Segment::create_portable`] for what they keep and what they lose.
+    #[cfg(feature = "portable")]
+    Portable,
+}
+
 /// A mapped shared-memory segment. Unmapped on drop; the name stays until [`Segment::unlink`].
 #[derive(Debug)]
 pub struct Segment {
     // Declared first: unregistered before the mapping is unmapped.
     guard: Option<crate::sigbus::Registration>,
-    map: MmapRaw,
+    backing: Backing,
     name: String,
     path: PathBuf,
-    _file: File,
+}
+
+/// What keeps a segment mapped.
+#[derive(Debug)]
+enum Backing {
+    /// A file of a memory filesystem, mapped; the file is held open (and `flock`ed) while
+    /// mapped.
+    Native { map: MmapRaw, file: File },
+    /// A `shared_memory` segment (its descriptor, if any, is the crate's).
+    #[cfg(feature = "portable")]
+    Portable(portable::Mapping),
 }
 
 impl Segment {
@@ -336,11 +369,19 @@ impl Segment {
         let guard = crate::sigbus::register(map.as_mut_ptr(), map.len());
         Ok(Self {
             guard,
-            map,
+            backing: Backing::Native { map, file },
             name: name.into(),
             path,
-            _file: file,
         })
+    }
+
+    /// The native file, `None` for a portable segment.
+    fn file(&self) -> Option<&File> {
+        match &self.backing {
+            Backing::Native { file, .. } => Some(file),
+            #[cfg(feature = "portable")]
+            Backing::Portable(_) => None,
+        }
     }
 
     /// The segment's name.
@@ -350,17 +391,35 @@ impl Segment {
 
     /// Start of the mapping (page-aligned).
     pub fn base(&self) -> NonNull<u8> {
-        NonNull::new(self.map.as_mut_ptr()).expect("a mapping is never at address 0")
+        let ptr = match &self.backing {
+            Backing::Native { map, .. } => map.as_mut_ptr(),
+            #[cfg(feature = "portable")]
+            Backing::Portable(m) => m.as_ptr(),
+        };
+        NonNull::new(ptr).expect("a mapping is never at address 0")
     }
 
     /// Length of the mapping in bytes.
     pub fn len(&self) -> u64 {
-        self.map.len() as u64
+        (match &self.backing {
+            Backing::Native { map, .. } => map.len(),
+            #[cfg(feature = "portable")]
+            Backing::Portable(m) => m.len(),
+        }) as u64
     }
 
     /// Whether the mapping is empty (never, for a segment that opened).
     pub fn is_empty(&self) -> bool {
-        self.map.len() == 0
+        self.len() == 0
+    }
+
+    /// How the segment was made.
+    pub fn backend(&self) -> Backend {
+        match &self.backing {
+            Backing::Native { .. } => Backend::Native,
+            #[cfg(feature = "portable")]
+            Backing::Portable(_) => Backend::Portable,
+        }
     }
 
     /// Remove this segment's name if no other process has it open, and the name still names
@@ -372,18 +431,29 @@ impl Segment {
     /// same name after it. `still_wanted` is asked again under the lock. Returns whether the
     /// name was removed.
     ///
+    /// A portable segment has no such lock: `still_wanted` alone decides, and the name goes
+    /// when this handle is dropped (see [`Segment::unlink`]). Between its answer and the
+    /// removal another process may have replaced the segment under the same name; the caller
+    /// makes that window small by checking the name afresh in `still_wanted`.
+    ///
     /// # Errors
     /// [`SegmentError::Io`] if a check fails.
     pub fn unlink_locked(&self, still_wanted: impl FnOnce() -> bool) -> Result<bool, SegmentError> {
         use rustix::fs::fstat;
-        if flock(&self._file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let Some(file) = self.file() else {
+            if !still_wanted() {
+                return Ok(false);
+            }
+            return self.unlink().map(|()| true);
+        };
+        if flock(file, FlockOperation::NonBlockingLockExclusive).is_err() {
             // Someone else has it: alive, or cleaning it. (Converting our shared lock may have
             // dropped it: take it back.)
-            let _ = flock(&self._file, FlockOperation::LockShared);
+            let _ = flock(file, FlockOperation::LockShared);
             return Ok(false);
         }
         let result = (|| {
-            let st = fstat(&self._file).map_err(|e| io_error("fstat", &self.name, e))?;
+            let st = fstat(file).map_err(|e| io_error("fstat", &self.name, e))?;
             // Already unlinked: the name, if it exists, is someone else's new segment.
             if st.st_nlink == 0 || !still_wanted() {
                 return Ok(false);
@@ -393,14 +463,19 @@ impl Segment {
                 Err(e) => Err(e),
             }
         })();
-        let _ = flock(&self._file, FlockOperation::LockShared);
+        let _ = flock(file, FlockOperation::LockShared);
         result
     }
 
-    /// Whether no other process holds the segment (see [`Segment::unlink_locked`]).
+    /// Whether no other process holds the segment (see [`Segment::unlink_locked`]). Always
+    /// `true` for a portable segment, which has no lock to ask: the caller's liveness checks
+    /// of the processes named in the segment decide alone.
     pub fn is_unheld(&self) -> bool {
-        let unheld = flock(&self._file, FlockOperation::NonBlockingLockExclusive).is_ok();
-        let _ = flock(&self._file, FlockOperation::LockShared);
+        let Some(file) = self.file() else {
+            return true;
+        };
+        let unheld = flock(file, FlockOperation::NonBlockingLockExclusive).is_ok();
+        let _ = flock(file, FlockOperation::LockShared);
         unheld
     }
 
@@ -416,8 +491,12 @@ impl Segment {
     /// Whether the file is now shorter than the mapping (a system call, `fstat`): a
     /// truncation that this process has not touched the missing part of yet, so that
     /// [`Segment::truncated`] cannot know of it. For slow paths (a topic found closed).
+    /// Always `false` for a portable segment: `shared_memory` keeps its descriptor to itself,
+    /// so only a truncation that this process touched is known ([`Segment::truncated`]).
     pub fn shrunk(&self) -> bool {
-        rustix::fs::fstat(&self._file).is_ok_and(|st| (st.st_size as u64) < self.len())
+        self.file().is_some_and(|file| {
+            rustix::fs::fstat(file).is_ok_and(|st| (st.st_size as u64) < self.len())
+        })
     }
 
     /// The flag [`Segment::truncated`] reads, for a reader that keeps it beside the mapping.
@@ -430,10 +509,18 @@ impl Segment {
     /// Remove the segment's name, whatever it names now (see [`Segment::unlink_locked`] for
     /// the careful form); mappings stay valid until unmapped.
     ///
+    /// A portable segment's name is removed when this handle is dropped, by `shared_memory`
+    /// (whose owner removes the name as it unmaps): every caller drops the segment right after.
+    ///
     /// # Errors
     /// [`SegmentError::NotFound`] if the name is gone.
     pub fn unlink(&self) -> Result<(), SegmentError> {
         let name = self.name.as_str();
+        #[cfg(feature = "portable")]
+        if let Backing::Portable(m) = &self.backing {
+            m.unlink_on_drop();
+            return Ok(());
+        }
         rustix::fs::unlink(&self.path).map_err(|e| match e {
             Errno::NOENT => SegmentError::NotFound(name.into()),
             Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied(name.into()),
@@ -444,8 +531,11 @@ impl Segment {
     /// How long ago the segment was last changed (its `ctime`): an unfinished segment
     /// (`NotReady`) is judged only once it is old enough that its creator cannot be merely
     /// slow (see `create`'s lock, taken a few system calls after the name appears).
+    ///
+    /// `None` for a portable segment (no descriptor to ask): an unfinished portable segment is
+    /// never judged stale.
     pub fn age(&self) -> Option<std::time::Duration> {
-        let st = rustix::fs::fstat(&self._file).ok()?;
+        let st = rustix::fs::fstat(self.file()?).ok()?;
         let changed = std::time::UNIX_EPOCH
             + std::time::Duration::new(st.st_ctime as u64, st.st_ctime_nsec as u32);
         std::time::SystemTime::now().duration_since(changed).ok()

@@ -48,18 +48,22 @@ impl Drop for TempDir {
 
 /// The transports under test, as spec strings, each with the directories it needs.
 fn specs(tmp: &TempDir) -> Vec<String> {
-    vec![
+    #[allow(unused_mut)] // each feature adds its own
+    let mut specs = vec![
         "shm".into(),
         format!("mmap:{}", tmp.sub("mmap")),
         format!("unix:{}", tmp.sub("unix")),
         format!("tcp:127.0.0.1:{}", common::free_tcp_port()),
         "mqueue".into(),
-    ]
+    ];
+    #[cfg(feature = "portable")]
+    specs.push("portable".into());
+    specs
 }
 
 /// Whether a transport copies (frames on a kernel object) rather than sharing a ring.
 fn copying(spec: &str) -> bool {
-    !(spec.starts_with("shm") || spec.starts_with("mmap"))
+    !(spec.starts_with("shm") || spec.starts_with("mmap") || spec.starts_with("portable"))
 }
 
 fn bus(spec: &str, prefix: &str) -> Bus {

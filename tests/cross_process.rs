@@ -124,9 +124,21 @@ fn receive_all<T: ?Sized + shmbus::InPlace>(
     }
 }
 
+/// The bus of a stream's child: the parent's transport (`spec`), the native one by default.
+fn stream_child_bus() -> Bus {
+    match common::arg_or("spec", "").as_str() {
+        "" => child_bus(),
+        spec => Bus::builder()
+            .prefix(&arg("prefix"))
+            .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
+            .build()
+            .expect("a bus"),
+    }
+}
+
 /// Receive typed messages until the topic closes, checking each.
 fn child_subscribe_typed() -> i32 {
-    let bus = child_bus();
+    let bus = stream_child_bus();
     let blocking = common::arg_or("blocking", "0") == "1";
     let mut subscriber = bus
         .subscriber::<Msg>(&arg("topic"))
@@ -255,10 +267,19 @@ fn assert_received_all(child: ChildProc, n: u64) {
 
 /// Publish `MESSAGES` typed messages to a subscriber in a child process; the child checks them.
 fn typed_stream(test: &str, wait: WaitStrategy, slip_us: u32) {
+    typed_stream_over("shm", test, wait, slip_us)
+}
+
+/// As [`typed_stream`], over the ring transport `spec` (`shm` or `portable`).
+fn typed_stream_over(spec: &str, test: &str, wait: WaitStrategy, slip_us: u32) {
     let _one_at_a_time = lock(&HEAVY);
     let prefix = common::unique_prefix(test);
     let _cleanup = Cleanup::new(&prefix);
-    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let bus = Bus::builder()
+        .prefix(&prefix)
+        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
+        .build()
+        .unwrap();
     let mut publisher = bus
         .publisher::<Msg>("stream")
         .capacity(CAPACITY)
@@ -272,6 +293,7 @@ fn typed_stream(test: &str, wait: WaitStrategy, slip_us: u32) {
             ("topic", "stream"),
             ("wait", strategy_name(wait)),
             ("slip_us", &slip_us.to_string()),
+            ("spec", spec),
         ],
     );
     child.wait_for_line("READY");
@@ -310,6 +332,25 @@ fn a_million_messages_to_a_slipping_subscriber() {
 #[test]
 fn a_million_messages_blocking_on_both_sides() {
     typed_stream("million-futex", WaitStrategy::default(), 0);
+}
+
+/// The same stream over the portable backend (`shared_memory` segments), polling.
+#[cfg(feature = "portable")]
+#[test]
+fn a_million_messages_polling_on_both_sides_over_the_portable_backend() {
+    typed_stream_over("portable", "million-spin-portable", WaitStrategy::Spin, 0);
+}
+
+/// The same stream over the portable backend, both sides sleeping on its `raw_sync` events.
+#[cfg(feature = "portable")]
+#[test]
+fn a_million_messages_blocking_on_both_sides_over_the_portable_backend() {
+    typed_stream_over(
+        "portable",
+        "million-futex-portable",
+        WaitStrategy::default(),
+        0,
+    );
 }
 
 #[test]

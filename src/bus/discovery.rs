@@ -172,26 +172,27 @@ pub(crate) fn remove_if_stale(bus: &Bus, topic: &str, dry_run: bool) -> bool {
         // A memory-mapped file's topic outlives its processes by design: it is a journal.
         Ok(_) if bus.persistent() => false,
         Ok(open) => {
+            // A portable segment has no lock to take: just before its name is removed, the
+            // name is opened afresh, so that a topic a live process made under it since is
+            // left alone (see `Segment::unlink_locked`).
+            let lockless = open.segment.backend() != crate::segment::Backend::Native;
+            let still_stale = || {
+                is_stale(&open) && (!lockless || open_topic(bus, topic).is_ok_and(|t| is_stale(&t)))
+            };
             is_stale(&open)
                 && if dry_run {
                     open.segment.is_unheld()
                 } else {
-                    open.segment
-                        .unlink_locked(|| is_stale(&open))
-                        .unwrap_or(false)
+                    open.segment.unlink_locked(still_stale).unwrap_or(false)
                 }
         }
         Err(OpenError::NotReady { .. }) => {
             let Ok(name) = bus.segment_name(topic) else {
                 return false;
             };
-            let Ok(segment) = crate::segment::Segment::open(
-                &bus.dir,
-                &name,
-                bus.access,
-                0,
-                crate::layout::MAX_SEGMENT_SIZE,
-            ) else {
+            let Ok(segment) =
+                super::backend::open_segment(bus, &name, crate::layout::MAX_SEGMENT_SIZE)
+            else {
                 return false;
             };
             if segment.age().is_none_or(|age| age < UNFINISHED_GRACE) {

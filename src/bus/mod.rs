@@ -18,6 +18,7 @@
 //! publishers (a subscriber sees each publisher's messages in order, interleaved in turns;
 //! `Sample::lane` says whose message it is).
 
+mod backend;
 mod control;
 mod copying;
 mod discovery;
@@ -31,7 +32,7 @@ pub use publisher::{Loan, Publisher, PublisherBuilder, DEFAULT_MAX_SUBSCRIBERS};
 pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 
 use crate::error::BusError;
-use crate::segment::{validate_name, Access, NameError, MAX_SEGMENT_NAME_LEN, SHM_DIR};
+use crate::segment::{validate_name, Access, Backend, NameError, MAX_SEGMENT_NAME_LEN, SHM_DIR};
 use crate::transport::{Shm, Transport};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Bus {
     dir: PathBuf,
     /// Whether the ring's segments outlive their publishers ([`crate::transport::MmapFile`]).
     persistent: bool,
+    /// How the ring's segments are made (native files, or the `portable` feature's).
+    backend: Backend,
     /// A copying transport, or `None` for a ring transport (in `dir`).
     copying: Option<Arc<dyn Transport>>,
 }
@@ -83,8 +86,7 @@ impl Bus {
     pub fn transport(&self) -> &'static str {
         match &self.copying {
             Some(t) => t.name(),
-            None if self.persistent => "mmap-file",
-            None => "shm",
+            None => ring_transport_name(self.persistent, self.backend),
         }
     }
 
@@ -218,6 +220,7 @@ impl BusBuilder {
                 access: self.access,
                 dir: SHM_DIR.into(),
                 persistent: false,
+                backend: Backend::Native,
                 copying: Some(self.transport),
             });
         };
@@ -236,7 +239,18 @@ impl BusBuilder {
             access: self.access,
             dir: ring.dir,
             persistent: ring.persistent,
+            backend: ring.backend,
             copying: None,
         })
+    }
+}
+
+/// The name of a ring transport: `shm`, `mmap-file` or `portable`.
+fn ring_transport_name(persistent: bool, backend: Backend) -> &'static str {
+    match backend {
+        #[cfg(feature = "portable")]
+        Backend::Portable => "portable",
+        _ if persistent => "mmap-file",
+        _ => "shm",
     }
 }

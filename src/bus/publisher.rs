@@ -1,5 +1,6 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
+use super::backend::{self, Parks, Party};
 use super::control::{control_size, TopicControl};
 use super::copying::CopyPublisher;
 use super::payload::{AlignedWords, Checked, Payload};
@@ -13,7 +14,7 @@ use crate::ring::broadcast::Writer;
 use crate::ring::MappedSlots;
 use crate::segment::{self, Segment, SegmentError};
 use crate::sync::Ordering;
-use crate::wait::{self, Futex, WaitStrategy};
+use crate::wait::{self, WaitStrategy};
 use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -178,8 +179,19 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             self.history,
             geometry.capacity,
         )?;
-        let mut segment =
-            Segment::create(&self.bus.dir, &name, geometry.total_size, self.bus.access);
+        let size = backend::segment_size(self.bus, &geometry, &shape).ok_or(
+            crate::layout::ConfigError::TooLarge {
+                capacity: geometry.capacity,
+                slot_size: geometry.slot_size as u64,
+            },
+        )?;
+        if self.bus.group_access() && self.bus.backend != crate::segment::Backend::Native {
+            return Err(CreateError::Unsupported {
+                transport: self.bus.transport(),
+                what: "group access (its segments are created owner-only)".into(),
+            });
+        }
+        let mut segment = backend::create_segment(self.bus, &name, size);
         if matches!(segment, Err(SegmentError::AlreadyExists(_))) && self.bus.persistent() {
             // A memory-mapped file's topic, left by an earlier run: go on with it.
             let topic = self.topic.clone();
@@ -190,7 +202,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         }
         if matches!(segment, Err(SegmentError::AlreadyExists(_))) && self.remove_if_stale() {
             // What a killed publisher left behind, removed: create it afresh.
-            segment = Segment::create(&self.bus.dir, &name, geometry.total_size, self.bus.access);
+            segment = backend::create_segment(self.bus, &name, size);
         }
         let segment = segment.map_err(|e| match e {
             SegmentError::AlreadyExists(_) => CreateError::AlreadyExists {
@@ -208,6 +220,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             },
             e => CreateError::Segment(e),
         })?;
+        backend::init_segment(&segment, &geometry, &shape).map_err(CreateError::Segment)?;
         let fingerprint = T::fingerprint(self.type_name.as_deref());
         let pid = std::process::id();
         let base = segment.base().as_ptr();
@@ -350,6 +363,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 shape.policy == Policy::Overwrite,
             )
         };
+        let parks = backend::parks(&segment, &geometry, &shape, Party::Publisher { lane });
         let may_wait = shape.policy == Policy::Block && self.wait.may_sleep();
         let barrier_ok = may_wait && wait::announce_sleeper(&control.space);
         let staging = (shape.policy == Policy::Overwrite)
@@ -368,6 +382,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     slot_size: geometry.slot_size,
                     truncation: segment.truncation(),
                     persistent: self.bus.persistent(),
+                    transport: self.bus.transport(),
+                    parks,
                 },
                 segment,
             }),
@@ -404,6 +420,11 @@ struct Inner {
     slot_size: u32,
     /// The topic outlives its publishers (a memory-mapped file): its name is kept at close.
     persistent: bool,
+    /// The bus's transport's name.
+    transport: &'static str,
+    /// How this publisher sleeps (on `space`) and wakes subscribers (on `data`): futexes, or
+    /// a portable segment's events. Point into `Publisher::segment`'s mapping.
+    parks: Parks,
 }
 
 impl Inner {
@@ -455,7 +476,8 @@ impl Inner {
             let slice = Instant::now() + LIVENESS_CHECK;
             let until = deadline.map_or(slice, |d| d.min(slice));
             let writer = &mut self.writer;
-            if wait::wait_until(wait, &control.space, barrier_ok, Some(until), || {
+            let park = &self.parks.space;
+            if wait::wait_until(wait, &control.space, park, barrier_ok, Some(until), || {
                 writer.has_space()
             }) {
                 if let Some(ptr) = self.try_claim() {
@@ -495,7 +517,7 @@ impl Inner {
             Some(staging) => self.writer.publish_words(staging.words(), len),
             None => self.writer.commit(len),
         }
-        self.control().data.notify(&Futex);
+        self.control().data.notify(&self.parks.data);
     }
 }
 
@@ -530,9 +552,9 @@ struct Ring {
     segment: Segment,
 }
 
-// SAFETY: `Inner`'s raw pointer points into `segment`, which moves with it; the shared words
-// are all atomics, and the slots are this publisher's alone until sent. A copying publisher's
-// parts are `Send`.
+// SAFETY: `Inner`'s raw pointers (and a portable segment's event handles, which are addresses
+// in the mapping) point into `segment`, which moves with it; the shared words are all atomics,
+// and the slots are this publisher's alone until sent. A copying publisher's parts are `Send`.
 unsafe impl<T: ?Sized> Send for Publisher<T> {}
 
 /// Where a loan's `send` goes.
@@ -550,8 +572,7 @@ impl<T: ?Sized> Publisher<T> {
     /// The name of the transport this publisher writes through (`shm`, `unix`, ...).
     pub fn transport(&self) -> &'static str {
         match &self.imp {
-            Imp::Ring(r) if r.inner.persistent => "mmap-file",
-            Imp::Ring(_) => "shm",
+            Imp::Ring(r) => r.inner.transport,
             Imp::Copy(c) => c.transport(),
         }
     }
@@ -894,7 +915,7 @@ impl Drop for Ring {
         // every message committed before it is visible to a subscriber that sees the topic
         // closed.
         let last = control.peers.leave();
-        control.data.notify(&Futex);
+        control.data.notify(&self.inner.parks.data);
         if last && !self.inner.persistent {
             let _ = self.segment.unlink();
         }

@@ -1,5 +1,6 @@
 //! The subscribing side of a topic: open it, check it, receive messages in place.
 
+use super::backend::{self, Parks, Party};
 use super::control::{claim_entry, claim_mirror, control_size, TopicControl};
 use super::payload::AlignedWords;
 use super::payload::{Checked, InPlace, Payload};
@@ -14,7 +15,7 @@ use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready};
 use crate::ring::{MappedSlots, SlotStorage};
 use crate::segment::{identity_alive, identity_pid, Segment, SegmentError};
 use crate::sync::{spin_hint, Ordering};
-use crate::wait::{self, Futex, WaitStrategy};
+use crate::wait::{self, WaitStrategy};
 use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -196,6 +197,14 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         // (under Overwrite, `copy` is where it lands already).
         let check = (T::validated() && copy.is_none())
             .then(|| AlignedWords::new(open.geometry.slot_size as usize, T::align()));
+        let parks = backend::parks(
+            &open.segment,
+            &open.geometry,
+            &shape,
+            Party::Subscriber {
+                entry: index as u32,
+            },
+        );
         let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
         Ok(RingSubscriber {
             reader,
@@ -219,7 +228,8 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),
             truncation: open.segment.truncation(),
-            persistent: self.bus.persistent(),
+            transport: self.bus.transport(),
+            parks,
             segment: open.segment,
             _type: PhantomData,
         })
@@ -335,11 +345,12 @@ pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError>
             reason,
         })?;
     let topic = || topic.to_string();
-    let segment =
-        Segment::open(&bus.dir, &name, bus.access, 0, MAX_SEGMENT_SIZE).map_err(|e| match e {
-            SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
-            e => OpenError::Segment(e),
-        })?;
+    let segment = backend::open_segment(bus, &name, MAX_SEGMENT_SIZE).map_err(|e| match e {
+        SegmentError::NotFound(_) => OpenError::NotFound { topic: topic() },
+        // A portable segment whose creator has not set its size yet (a native one maps empty).
+        SegmentError::BadSize { size: 0, .. } => OpenError::NotReady { topic: topic() },
+        e => OpenError::Segment(e),
+    })?;
     // `Segment::create` makes the name visible before it sets the size: an empty segment
     // is one being created.
     if segment.is_empty() {
@@ -363,20 +374,21 @@ pub(crate) fn open_topic(bus: &Bus, topic: &str) -> Result<OpenTopic, OpenError>
         topic: topic(),
         reason,
     };
-    let geometry =
-        Geometry::validate(&header, segment.len(), control_size).map_err(|e| match e {
-            LayoutError::TooSmall { size } => OpenError::TooSmall {
-                topic: topic(),
-                size,
-            },
-            LayoutError::NotReady => OpenError::NotReady { topic: topic() },
-            LayoutError::UnsupportedVersion { found } => OpenError::UnsupportedVersion {
-                topic: topic(),
-                found,
-            },
-            reason => corrupt(reason),
-        })?;
+    let ring_len = backend::ring_len(&segment, &header);
+    let geometry = Geometry::validate(&header, ring_len, control_size).map_err(|e| match e {
+        LayoutError::TooSmall { size } => OpenError::TooSmall {
+            topic: topic(),
+            size,
+        },
+        LayoutError::NotReady => OpenError::NotReady { topic: topic() },
+        LayoutError::UnsupportedVersion { found } => OpenError::UnsupportedVersion {
+            topic: topic(),
+            found,
+        },
+        reason => corrupt(reason),
+    })?;
     let shape = TopicShape::validate(&header, geometry.capacity).map_err(corrupt)?;
+    backend::validate_rest(&segment, &geometry, &shape).map_err(corrupt)?;
     Ok(OpenTopic {
         segment,
         header,
@@ -451,15 +463,19 @@ pub(crate) struct RingSubscriber<T: ?Sized> {
     topic: String,
     /// Set if the segment is found truncated under this mapping (`crate::sigbus`).
     truncation: crate::sigbus::Flag,
-    /// A memory-mapped file's topic (it outlives its publishers).
-    persistent: bool,
+    /// The bus's transport's name.
+    transport: &'static str,
+    /// How this subscriber sleeps (on `data`) and wakes publishers (on `space`): futexes, or
+    /// a portable segment's events. Point into `segment`'s mapping.
+    parks: Parks,
     // Declared last: dropped after the fields that point into it.
     segment: Segment,
     _type: PhantomData<fn(&T)>,
 }
 
-// SAFETY: the raw pointers point into `segment`, which moves with the subscriber; shared words
-// are reached through atomics.
+// SAFETY: the raw pointers (and a portable segment's event handles, addresses in the mapping)
+// point into `segment`, which moves with the subscriber; shared words are reached through
+// atomics.
 unsafe impl<T: ?Sized> Send for RingSubscriber<T> {}
 
 impl<T: ?Sized> RingSubscriber<T> {
@@ -506,11 +522,7 @@ impl<T: ?Sized> RingSubscriber<T> {
     }
 
     fn transport(&self) -> &'static str {
-        if self.persistent {
-            "mmap-file"
-        } else {
-            "shm"
-        }
+        self.transport
     }
 
     #[inline(always)]
@@ -634,7 +646,7 @@ impl<T: ?Sized> RingSubscriber<T> {
             flushed |= reader.flush();
         }
         if flushed {
-            self.control().space.notify(&Futex);
+            self.control().space.notify(&self.parks.space);
         }
         // Acquire: pairs with each publisher's Release decrement at close; every message they
         // sent is visible, so empty lanes after this load mean nothing more will come.
@@ -682,7 +694,7 @@ impl<T: ?Sized> RingSubscriber<T> {
         }
         let lane = if self.more.is_empty() { 0 } else { self.lane };
         if self.lane_reader_mut(lane).release() {
-            self.control().space.notify(&Futex);
+            self.control().space.notify(&self.parks.space);
         }
     }
 
@@ -757,11 +769,18 @@ impl<T: ?Sized> RingSubscriber<T> {
             }
             let this = &*self;
             let control = this.control();
-            let arrived =
-                wait::wait_until(wait, &control.data, this.barrier_ok, Some(until), || {
+            let park = &this.parks.data;
+            let arrived = wait::wait_until(
+                wait,
+                &control.data,
+                park,
+                this.barrier_ok,
+                Some(until),
+                || {
                     // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
                     this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
-                });
+                },
+            );
             if arrived {
                 false_alarms += 1;
             }
@@ -1058,7 +1077,7 @@ impl<T: ?Sized> Drop for RingSubscriber<T> {
         }
         self.reader.leave_entry(me);
         let control = self.control();
-        control.space.notify(&Futex);
+        control.space.notify(&self.parks.space);
         if self.wait.may_sleep() {
             control.data.lower_may_sleep();
         }

@@ -14,6 +14,7 @@
 //! | [`Fifo`] | named pipe, copying | one | unrelated processes found by a path, no sockets |
 //! | [`MessageQueue`] | POSIX message queue, copying | one | small messages with kernel-kept boundaries |
 //! | [`File`] | append-only file, copying | any (each reads the file) | the simplest durable spool |
+//! | `Portable` | ring in `shared_memory` segments, `raw_sync` events (feature `portable`) | any | systems without futex or `shm_open` semantics |
 //!
 //! The ring transports are the bus of the crate's front page: a message is written in place
 //! and read in place. The others copy each message once into the kernel and once out of it,
@@ -29,11 +30,15 @@
 pub mod frame;
 mod link;
 mod mqueue;
+#[cfg(feature = "portable")]
+mod portable;
 mod tcp;
 mod unix;
 
 pub use link::{FrameReceiver, FrameSender, Framed, Got, Ready, Received, Source};
 pub use mqueue::{MessageQueue, QueueLimit};
+#[cfg(feature = "portable")]
+pub use portable::Portable;
 pub use tcp::{ListenError, Tcp, TOKEN_ENV};
 pub use unix::Unix;
 
@@ -95,6 +100,9 @@ pub struct RingPlace {
     /// Whether a topic outlives its publishers: its file is kept at close, and a subscriber
     /// may open it after they are gone and read what it holds.
     pub persistent: bool,
+    /// How its segments are made: files in `dir`, or (feature `portable`) named segments of
+    /// the `shared_memory` crate, `dir` then naming where the system keeps them, if anywhere.
+    pub backend: crate::segment::Backend,
 }
 
 /// What a copying transport is told about the topic it carries.
@@ -159,6 +167,7 @@ impl Transport for Shm {
         Some(RingPlace {
             dir: self.dir.clone(),
             persistent: false,
+            backend: crate::segment::Backend::Native,
         })
     }
 }
@@ -194,6 +203,7 @@ impl Transport for MmapFile {
         Some(RingPlace {
             dir: self.dir.clone(),
             persistent: true,
+            backend: crate::segment::Backend::Native,
         })
     }
 }
@@ -211,6 +221,7 @@ impl Transport for MmapFile {
 ///
 /// `HOST` is an IP address (`127.0.0.1`, `[::1]`) or a name resolved at each publish and
 /// subscribe.
+/// | `portable` | `Portable` (built with `--features portable`; an error without it) |
 ///
 /// # Errors
 /// A message naming what is wrong with `spec`.
@@ -231,6 +242,14 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "tcp" => Box::new(Tcp::from_spec(rest)?),
         "mqueue" if rest.is_empty() => Box::new(MessageQueue::new()),
         "mqueue" => return Err(format!("transport {spec:?}: mqueue takes no argument")),
+        #[cfg(feature = "portable")]
+        "portable" if rest.is_empty() => Box::new(Portable::new()),
+        #[cfg(not(feature = "portable"))]
+        "portable" => {
+            return Err(format!(
+                "transport {spec:?} is not in this build: build shmbus with `--features portable`"
+            ))
+        }
         _ => {
             return Err(format!(
                 "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT, mqueue)"

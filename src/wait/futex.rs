@@ -92,11 +92,12 @@ pub(crate) fn announce_sleeper(cell: &WaitCell) -> bool {
 /// Wait under `strategy` until `ready()` holds or `deadline` passes; returns whether it held.
 /// `ready` must load the progress it checks with Acquire. With [`WaitStrategy::Futex`] the
 /// caller must have announced itself on `cell` (see [`announce_sleeper`]); `barrier_ok` is what
-/// that returned.
+/// that returned; it sleeps through `park` (the futex, or a portable segment's events).
 #[inline]
-pub(crate) fn wait_until(
+pub(crate) fn wait_until<P: Park>(
     strategy: WaitStrategy,
     cell: &WaitCell,
+    park: &P,
     barrier_ok: bool,
     deadline: Option<Instant>,
     mut ready: impl FnMut() -> bool,
@@ -124,25 +125,26 @@ pub(crate) fn wait_until(
         match strategy {
             WaitStrategy::Spin => spin_hint(),
             WaitStrategy::SpinYield => yield_now(),
-            WaitStrategy::Futex { .. } => return sleep(cell, barrier_ok, deadline, ready),
+            WaitStrategy::Futex { .. } => return sleep(cell, park, barrier_ok, deadline, ready),
         }
     }
 }
 
 #[cold]
-fn sleep(
+fn sleep<P: Park>(
     cell: &WaitCell,
+    park: &P,
     barrier_ok: bool,
     deadline: Option<Instant>,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     if barrier_ok {
-        return cell.wait(&Futex, deadline, ready);
+        return cell.wait(park, deadline, ready);
     }
     loop {
         let slice = Instant::now() + FALLBACK_SLICE;
         let until = deadline.map_or(slice, |d| d.min(slice));
-        if cell.wait(&Futex, Some(until), &mut ready) {
+        if cell.wait(park, Some(until), &mut ready) {
             return true;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

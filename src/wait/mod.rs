@@ -4,7 +4,8 @@
 //! spins a little and then sleeps. The sleeping protocol ([`WaitCell`], in `notify.rs`) is
 //! written over a tiny "park on a 32-bit word / wake it" primitive ([`Park`]), so that the loom
 //! models in `loom-tests/` can check it for lost wake-ups with a model of that primitive, while
-//! production uses the Linux futex (`futex.rs`).
+//! production uses the Linux futex (`futex.rs`), or with the feature `portable` and a portable
+//! segment, `raw_sync` events in the segment (`events.rs`).
 //!
 //! This layer never touches a slot or a cursor: callers pass in the condition they wait for.
 
@@ -17,6 +18,44 @@ mod futex;
 pub(crate) use futex::{announce_sleeper, wait_until};
 #[cfg(not(shmbus_loom))]
 pub use futex::{stats, Futex, WaitStats};
+
+#[cfg(all(feature = "portable", not(shmbus_loom)))]
+pub mod events;
+
+/// The [`Park`] a party uses on one wait cell of its topic, chosen when it attaches: the
+/// futex for a native segment, the segment's events for a portable one. The choice is made
+/// on the wake path only ([`WaitCell::notify`] reaches its `Park` only once a sleeper is
+/// seen), so the polling path of a native topic is the same as with [`Futex`] itself.
+#[cfg(not(shmbus_loom))]
+#[derive(Debug)]
+pub(crate) enum Parker {
+    /// A futex on the cell's word.
+    Futex,
+    /// `raw_sync` events in the segment's trailer (feature `portable`).
+    #[cfg(feature = "portable")]
+    Events(events::EventPark),
+}
+
+#[cfg(not(shmbus_loom))]
+impl Park for Parker {
+    #[inline]
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+        match self {
+            Parker::Futex => Futex.park(word, expected, deadline),
+            #[cfg(feature = "portable")]
+            Parker::Events(e) => e.park(word, expected, deadline),
+        }
+    }
+
+    #[inline]
+    fn wake_all(&self, word: &AtomicU32) {
+        match self {
+            Parker::Futex => Futex.wake_all(word),
+            #[cfg(feature = "portable")]
+            Parker::Events(e) => e.wake_all(word),
+        }
+    }
+}
 
 use crate::sync::AtomicU32;
 use std::time::Instant;
