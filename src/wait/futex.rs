@@ -17,6 +17,8 @@ pub struct Futex;
 static FUTEX_WAITS: AtomicU64 = AtomicU64::new(0);
 static FUTEX_WAKES: AtomicU64 = AtomicU64::new(0);
 static BARRIERS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static NOTIFIER_SLEEPS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static NOTIFIER_POSTS: AtomicU64 = AtomicU64::new(0);
 
 /// Syscalls made by this process's wait layer since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,6 +29,10 @@ pub struct WaitStats {
     pub futex_wakes: u64,
     /// `membarrier` calls (a sleeping party attached).
     pub barriers: u64,
+    /// Sleeps on a subscriber's own notifier (eventfd, semaphore, signal).
+    pub notifier_sleeps: u64,
+    /// Posts to armed notifiers (an eventfd write or rendezvous, a `sem_post`, a signal).
+    pub notifier_posts: u64,
 }
 
 /// The syscalls this process's wait layer has made so far. The publish and receive paths make
@@ -42,6 +48,8 @@ pub fn stats() -> WaitStats {
         futex_waits: FUTEX_WAITS.load(Ordering::Relaxed),
         futex_wakes: FUTEX_WAKES.load(Ordering::Relaxed),
         barriers: BARRIERS.load(Ordering::Relaxed),
+        notifier_sleeps: NOTIFIER_SLEEPS.load(Ordering::Relaxed),
+        notifier_posts: NOTIFIER_POSTS.load(Ordering::Relaxed),
     }
 }
 
@@ -99,6 +107,19 @@ pub(crate) fn wait_until(
     cell: &WaitCell,
     barrier_ok: bool,
     deadline: Option<Instant>,
+    ready: impl FnMut() -> bool,
+) -> bool {
+    wait_until_on(strategy, cell, &Futex, barrier_ok, deadline, ready)
+}
+
+/// As [`wait_until`], sleeping on `park` (a subscriber's own notifier) instead of the futex.
+#[inline]
+pub(crate) fn wait_until_on<P: Park>(
+    strategy: WaitStrategy,
+    cell: &WaitCell,
+    park: &P,
+    barrier_ok: bool,
+    deadline: Option<Instant>,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     let spin = match strategy {
@@ -124,25 +145,26 @@ pub(crate) fn wait_until(
         match strategy {
             WaitStrategy::Spin => spin_hint(),
             WaitStrategy::SpinYield => yield_now(),
-            WaitStrategy::Futex { .. } => return sleep(cell, barrier_ok, deadline, ready),
+            WaitStrategy::Futex { .. } => return sleep(cell, park, barrier_ok, deadline, ready),
         }
     }
 }
 
 #[cold]
-fn sleep(
+fn sleep<P: Park>(
     cell: &WaitCell,
+    park: &P,
     barrier_ok: bool,
     deadline: Option<Instant>,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     if barrier_ok {
-        return cell.wait(&Futex, deadline, ready);
+        return cell.wait(park, deadline, ready);
     }
     loop {
         let slice = Instant::now() + FALLBACK_SLICE;
         let until = deadline.map_or(slice, |d| d.min(slice));
-        if cell.wait(&Futex, Some(until), &mut ready) {
+        if cell.wait(park, Some(until), &mut ready) {
             return true;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
