@@ -253,6 +253,19 @@ pub enum OpenError {
         /// Why.
         reason: String,
     },
+    /// The subscriber's notifier ([`SubscriberBuilder::notifier`](crate::SubscriberBuilder::notifier))
+    /// could not be made: its eventfd, socket, semaphore or signalfd, or a signal past
+    /// `SIGRTMAX`.
+    #[error("topic {topic:?}: the {notifier:?} notifier: {source}")]
+    Notifier {
+        /// The name.
+        topic: String,
+        /// The notifier asked for.
+        notifier: crate::wait::Notifier,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a slot could not be loaned without waiting.
@@ -439,4 +452,17 @@ pub enum RecvError {
         /// The system's message.
         detail: String,
     },
+}
+
+/// Why a subscriber could not be armed to wait on its notifier's descriptor
+/// ([`Subscriber::arm`](crate::Subscriber::arm)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArmError {
+    /// The subscriber has no descriptor to wait on: its notifier is the futex or a semaphore,
+    /// or it reads through a copying transport.
+    #[error(
+        "this subscriber has no notifier descriptor (open it with an eventfd or signal notifier)"
+    )]
+    NoDescriptor,
 }

@@ -21,7 +21,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"SHMBUS\0\x01"` read as a little-endian `u64`: the first 8 bytes of every segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\x01");
 /// The format version this build reads and writes. Bumped on any change of the layout.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes reserved for the header at the start of the segment.
 pub const HEADER_SIZE: usize = 256;
 /// Value of `state` once the creator has initialised everything: `b"REDY"`.

@@ -67,18 +67,18 @@ mod error;
 
 #[cfg(not(shmbus_loom))]
 pub use bus::{
-    Bus, BusBuilder, Checked, InPlace, Loan, Payload, Publisher, PublisherBuilder, Sample,
+    Armed, Bus, BusBuilder, Checked, InPlace, Loan, Payload, Publisher, PublisherBuilder, Sample,
     Subscriber, SubscriberBuilder, SubscriberInfo, TopicInfo, DEFAULT_MAX_SUBSCRIBERS,
     DEFAULT_PREFIX, SLIP_RUN,
 };
 #[cfg(not(shmbus_loom))]
 pub use error::{
-    BusError, CreateError, LoanError, OpenError, RecvError, SendTimeoutError, TryLoanError,
-    TrySendError,
+    ArmError, BusError, CreateError, LoanError, OpenError, RecvError, SendTimeoutError,
+    TryLoanError, TrySendError,
 };
 #[cfg(not(shmbus_loom))]
 pub use layout::Policy;
-pub use wait::WaitStrategy;
+pub use wait::{Notifier, WaitStrategy};
 
 // The README's examples run as doctests.
 #[cfg(doctest)]

@@ -47,6 +47,10 @@ mod std_atomics {
                     self.0.store(v, order)
                 }
                 #[inline(always)]
+                pub fn swap(&self, v: $int, order: Ordering) -> $int {
+                    self.0.swap(v, order)
+                }
+                #[inline(always)]
                 pub fn fetch_add(&self, v: $int, order: Ordering) -> $int {
                     self.0.fetch_add(v, order)
                 }

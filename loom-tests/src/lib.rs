@@ -24,6 +24,6 @@ mod park;
 mod ring;
 
 #[cfg(shmbus_loom)]
-pub use park::ModelFutex;
+pub use park::{ArmedPark, ModelFutex, ModelNotifier, SlotPoster};
 #[cfg(shmbus_loom)]
 pub use ring::{ring, ring_batched, value_of, Mode, Ring, Rx, Slots, Tx, MESSAGE_LEN};

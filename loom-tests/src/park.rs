@@ -44,3 +44,87 @@ impl Park for ModelFutex {
         self.sleepers.notify_all();
     }
 }
+
+/// A notifier other than the futex (an eventfd, a semaphore, a signal), as the wait protocol
+/// sees it: a post that stays pending until the waiter takes it, and no compare-and-sleep.
+#[derive(Debug, Default)]
+pub struct ModelNotifier {
+    posted: Mutex<bool>,
+    woken: Condvar,
+}
+
+impl ModelNotifier {
+    /// Nothing posted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A publisher's post.
+    pub fn post(&self) {
+        *self.posted.lock().unwrap() = true;
+        self.woken.notify_all();
+    }
+
+    /// Sleep until posted (no timeout: a post that never comes is a deadlock loom reports),
+    /// then take the post.
+    pub fn sleep(&self) {
+        let mut posted = self.posted.lock().unwrap();
+        while !*posted {
+            posted = self.woken.wait(posted).unwrap();
+        }
+        *posted = false;
+    }
+}
+
+/// A subscriber sleeping on its own notifier through its slot, as `shmbus` does it
+/// (`SlotPark`): armed in `prepare`, before the wait cell's fence. With `ARM_EARLY = false`
+/// it arms only when it is about to sleep, after the fence: the broken variant the negative
+/// control runs.
+#[derive(Debug)]
+pub struct ArmedPark<const ARM_EARLY: bool> {
+    /// The subscriber's registration.
+    pub slot: std::sync::Arc<shmbus::wait::NotifySlot>,
+    /// What it sleeps on.
+    pub notifier: std::sync::Arc<ModelNotifier>,
+}
+
+impl<const ARM_EARLY: bool> Park for ArmedPark<ARM_EARLY> {
+    fn prepare(&self) {
+        if ARM_EARLY {
+            self.slot.arm(1);
+        }
+    }
+    fn park(&self, _word: &AtomicU32, _expected: u32, _deadline: Option<Instant>) {
+        if !ARM_EARLY {
+            self.slot.arm(1);
+        }
+        self.notifier.sleep();
+    }
+    fn wake_all(&self, _word: &AtomicU32) {
+        unreachable!("a subscriber does not notify in these models");
+    }
+    fn finish(&self) {
+        self.slot.disarm();
+    }
+}
+
+/// A publisher's wake-up of armed slots, as `shmbus`'s `TopicWaker` does it (there is no
+/// futex sleeper in these models).
+#[derive(Debug)]
+pub struct SlotPoster {
+    /// The subscriber's registration.
+    pub slot: std::sync::Arc<shmbus::wait::NotifySlot>,
+    /// What it sleeps on.
+    pub notifier: std::sync::Arc<ModelNotifier>,
+}
+
+impl Park for SlotPoster {
+    fn park(&self, _word: &AtomicU32, _expected: u32, _deadline: Option<Instant>) {
+        unreachable!("a publisher does not wait in these models");
+    }
+    fn wake_all(&self, _word: &AtomicU32) {
+        if self.slot.take().is_some() {
+            self.notifier.post();
+        }
+    }
+}

@@ -222,3 +222,50 @@ fn control_the_copied_protocol_passes_with_its_fence() {
 fn control_a_notifier_without_its_fence_is_caught() {
     copied_protocol::<false>();
 }
+
+// Notifiers other than the futex (`src/wait/notifier.rs`): the subscriber arms its slot before
+// the wait cell's fence; the publisher's wake-up posts to the armed slots.
+
+/// A subscriber that sleeps on its own notifier (`MESSAGES` times, so that it re-arms after a
+/// post) is posted to for every message it waits for.
+#[test]
+fn a_consumer_sleeping_on_an_armed_notifier_is_posted_to() {
+    armed_protocol::<true>();
+}
+
+/// Arming after the fence (only when about to sleep) loses the post: loom finds the sleeper
+/// left waiting. The model above differs from this one by where it arms, alone.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn control_arming_after_the_fence_is_caught() {
+    armed_protocol::<false>();
+}
+
+fn armed_protocol<const ARM_EARLY: bool>() {
+    loom::model(|| {
+        let (mut tx, mut rx) = ring(CAPACITY);
+        let data = sleepy_cell();
+        let slot = Arc::new(shmbus::wait::NotifySlot::new());
+        slot.register(7, 1);
+        let notifier = Arc::new(shmbus_loom_tests::ModelNotifier::new());
+        let park = shmbus_loom_tests::ArmedPark::<ARM_EARLY> {
+            slot: slot.clone(),
+            notifier: notifier.clone(),
+        };
+        let poster = shmbus_loom_tests::SlotPoster { slot, notifier };
+        let consumer = thread::spawn({
+            let data = data.clone();
+            move || {
+                for seq in 0..MESSAGES {
+                    assert!(data.wait(&park, None, || rx.has_message()));
+                    assert_eq!(rx.try_recv(), Some((seq, value_of(seq))));
+                }
+            }
+        });
+        for _ in 0..MESSAGES {
+            assert!(tx.try_send(), "the consumer keeps up with a ring this size");
+            data.notify(&poster);
+        }
+        consumer.join().unwrap();
+    });
+}

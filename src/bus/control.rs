@@ -4,16 +4,17 @@
 //! a freshly truncated segment needs no initialisation beyond the header.
 //!
 //! ```text
-//! | TopicControl | lane 0: LaneControl, entries 0..max_readers | lane 1: ... | ...
+//! | TopicControl | lane 0: LaneControl, entries 0..max_readers | lane 1: ... | ... | notify slots 0..max_readers |
 //! ```
 //!
 //! Subscriber `i` holds entry `i` of every lane (taken in lane 0's table, mirrored in the
-//! others), so that each publisher sees every subscriber's position in its own ring.
+//! others), so that each publisher sees every subscriber's position in its own ring, and
+//! notify slot `i`, where it registers a notifier other than the futex (`crate::wait::Notifier`).
 
 use crate::ring::broadcast::{evictor_of, ReaderEntry, Table, WriterWords};
 use crate::segment::{identity_alive, identity_pid};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::wait::WaitCell;
+use crate::wait::{NotifySlot, WaitCell};
 use crossbeam_utils::CachePadded;
 
 /// As it lies in shared memory, followed by the lanes. Its size, with the lanes', is recorded
@@ -54,9 +55,15 @@ fn lane_size(max_readers: u32) -> usize {
     size_of::<LaneControl>() + max_readers as usize * size_of::<ReaderSlot>()
 }
 
-/// Bytes of a control block with `lanes` lanes of `max_readers` entries each.
+/// Where the notify slots start, from the control block's start.
+fn notify_offset(max_readers: u32, lanes: u32) -> usize {
+    size_of::<TopicControl>() + lanes as usize * lane_size(max_readers)
+}
+
+/// Bytes of a control block with `lanes` lanes of `max_readers` entries each (and as many
+/// notify slots).
 pub(crate) fn control_size(max_readers: u32, lanes: u32) -> u32 {
-    (size_of::<TopicControl>() + lanes as usize * lane_size(max_readers)) as u32
+    (notify_offset(max_readers, lanes) + max_readers as usize * size_of::<NotifySlot>()) as u32
 }
 
 impl TopicControl {
@@ -72,6 +79,28 @@ impl TopicControl {
             &*((self as *const Self).add(1) as *const u8)
                 .add(lane as usize * lane_size(max_readers))
                 .cast::<LaneControl>()
+        }
+    }
+}
+
+impl TopicControl {
+    /// The subscribers' notify slots (slot `i` for the holder of reader entry `i`).
+    ///
+    /// # Safety
+    /// As for [`TopicControl::lane`]: `self` lies in a mapping that holds
+    /// `control_size(max_readers, lanes)` bytes from its start, for as long as the slots are
+    /// used.
+    pub(crate) unsafe fn notify_slots(&self, max_readers: u32, lanes: u32) -> &[NotifySlot] {
+        // SAFETY: the caller's contract: the slots end the control block, at an offset that is
+        // a multiple of 128 (every part before them is `CachePadded`), so they are aligned;
+        // any bytes are valid for their atomics.
+        unsafe {
+            std::slice::from_raw_parts(
+                (self as *const Self as *const u8)
+                    .add(notify_offset(max_readers, lanes))
+                    .cast::<NotifySlot>(),
+                max_readers as usize,
+            )
         }
     }
 }

@@ -29,7 +29,7 @@ mod subscriber;
 pub use discovery::{SubscriberInfo, TopicInfo};
 pub use payload::{Checked, InPlace, Payload};
 pub use publisher::{Loan, Publisher, PublisherBuilder, DEFAULT_MAX_SUBSCRIBERS};
-pub use subscriber::{Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
+pub use subscriber::{Armed, Sample, Subscriber, SubscriberBuilder, SLIP_RUN};
 
 use crate::error::BusError;
 use crate::segment::{validate_name, Access, Backend, NameError, MAX_SEGMENT_NAME_LEN, SHM_DIR};

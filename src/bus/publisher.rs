@@ -14,8 +14,9 @@ use crate::ring::broadcast::Writer;
 use crate::ring::MappedSlots;
 use crate::segment::{self, Segment, SegmentError};
 use crate::sync::Ordering;
-use crate::wait::{self, WaitStrategy};
+use crate::wait::{self, NotifySlot, TopicWaker, WaitStrategy, Wakers};
 use bytemuck::{CheckedBitPattern, NoUninit};
+use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
@@ -368,6 +369,10 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         let barrier_ok = may_wait && wait::announce_sleeper(&control.space);
         let staging = (shape.policy == Policy::Overwrite)
             .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
+        // SAFETY: in the validated control block, in the mapping `Publisher::segment` keeps.
+        let notify_slots = unsafe { control.notify_slots(shape.max_readers, geometry.lanes) };
+        let key = wait::topic_key(&self.bus.dir().join(segment.name()));
+        let wakers = RefCell::new(Wakers::new(key, lane as u64, notify_slots.len()));
         Publisher {
             imp: Imp::Ring(Ring {
                 inner: Inner {
@@ -384,6 +389,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     persistent: self.bus.persistent(),
                     transport: self.bus.transport(),
                     parks,
+                    notify_slots: notify_slots as *const [NotifySlot],
+                    wakers,
                 },
                 segment,
             }),
@@ -425,6 +432,10 @@ struct Inner {
     /// How this publisher sleeps (on `space`) and wakes subscribers (on `data`): futexes, or
     /// a portable segment's events. Point into `Publisher::segment`'s mapping.
     parks: Parks,
+    /// The subscribers' notify slots (in the mapping).
+    notify_slots: *const [NotifySlot],
+    /// What this publisher keeps to post to armed notifiers.
+    wakers: RefCell<Wakers>,
 }
 
 impl Inner {
@@ -432,6 +443,17 @@ impl Inner {
     fn control(&self) -> &TopicControl {
         // SAFETY: the control block is in the mapping, which outlives `Inner` (see `Publisher`).
         unsafe { &*self.control }
+    }
+
+    /// How this publisher wakes the topic's sleepers: the futex, then armed notifiers.
+    #[inline(always)]
+    fn waker(&self) -> TopicWaker<'_> {
+        // SAFETY: the slots are in the mapping, which outlives `Inner` (see `Publisher`).
+        TopicWaker::new(
+            &self.parks.data,
+            unsafe { &*self.notify_slots },
+            &self.wakers,
+        )
     }
 
     /// A slot for the next message: under Block the ring's own (or `None` while it is full
@@ -517,7 +539,7 @@ impl Inner {
             Some(staging) => self.writer.publish_words(staging.words(), len),
             None => self.writer.commit(len),
         }
-        self.control().data.notify(&self.parks.data);
+        self.control().data.notify(&self.waker());
     }
 }
 
@@ -915,7 +937,7 @@ impl Drop for Ring {
         // every message committed before it is visible to a subscriber that sees the topic
         // closed.
         let last = control.peers.leave();
-        control.data.notify(&self.inner.parks.data);
+        control.data.notify(&self.inner.waker());
         if last && !self.inner.persistent {
             let _ = self.segment.unlink();
         }

@@ -6,7 +6,7 @@ use super::payload::AlignedWords;
 use super::payload::{Checked, InPlace, Payload};
 use super::publisher::LIVENESS_CHECK;
 use super::Bus;
-use crate::error::{OpenError, RecvError};
+use crate::error::{ArmError, OpenError, RecvError};
 use crate::layout::{
     Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_LANES, MAX_READERS,
     MAX_SEGMENT_SIZE,
@@ -15,7 +15,7 @@ use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready};
 use crate::ring::{MappedSlots, SlotStorage};
 use crate::segment::{identity_alive, identity_pid, Segment, SegmentError};
 use crate::sync::{spin_hint, Ordering};
-use crate::wait::{self, WaitStrategy};
+use crate::wait::{self, Notifier, NotifySlot, NotifyWaiter, WaitStrategy};
 use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -33,6 +33,7 @@ pub struct SubscriberBuilder<'b, T: ?Sized> {
     type_name: Option<String>,
     /// Bytes only: read a topic of any payload type as its bytes (see `any_type`).
     any_type: bool,
+    notifier: Notifier,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -46,6 +47,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             history: 0,
             type_name: None,
             any_type: false,
+            notifier: Notifier::Futex,
             _type: PhantomData,
         }
     }
@@ -53,6 +55,28 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     /// How [`Subscriber::recv`] and [`Subscriber::recv_timeout`] wait for a message.
     pub fn wait(mut self, strategy: WaitStrategy) -> Self {
         self.wait = strategy;
+        self
+    }
+
+    /// What wakes this subscriber when it sleeps (ring transports): the topic's futex (the
+    /// default), or a notifier of its own, an eventfd, a semaphore or a signal ([`Notifier`]).
+    /// With [`Notifier::EventFd`] or [`Notifier::Signal`], [`Subscriber::notify_fd`] hands out
+    /// a descriptor to wait on with epoll or an async runtime ([`Subscriber::arm`]); the
+    /// blocking receives sleep on the notifier too. A copying transport refuses any but the
+    /// futex (its connection is what wakes it).
+    ///
+    /// ```no_run
+    /// # let bus = shmbus::Bus::open_default()?;
+    /// let subscriber = bus
+    ///     .subscriber::<u64>("md.ticks")
+    ///     .notifier(shmbus::wait::Notifier::EventFd)
+    ///     .open()?;
+    /// let fd = subscriber.notify_fd().expect("an eventfd has a descriptor");
+    /// # let _ = fd;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
         self
     }
 
@@ -100,6 +124,15 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
     /// a mode or a system error.
     pub fn open(&self) -> Result<Subscriber<T>, OpenError> {
         if let Some(copying) = self.bus.copying() {
+            if self.notifier != Notifier::Futex {
+                return Err(OpenError::Unsupported {
+                    transport: copying.name(),
+                    what: format!(
+                        "the {:?} notifier (a copying transport's connection wakes its subscriber)",
+                        self.notifier
+                    ),
+                });
+            }
             return super::copying::open(
                 copying,
                 self.bus,
@@ -144,6 +177,14 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         // SAFETY: as above, for lane 0's table.
         let table = unsafe { lane(0).table(shape.max_readers) };
         let me = crate::segment::my_identity();
+        // Before an entry is taken: nothing to undo if it fails.
+        let key = wait::topic_key(&self.bus.dir().join(open.segment.name()));
+        let notify =
+            NotifyWaiter::new(self.notifier, key, me).map_err(|source| OpenError::Notifier {
+                topic: self.topic.clone(),
+                notifier: self.notifier,
+                source,
+            })?;
         let index = claim_entry(&table, me).map_err(|pids| OpenError::TooManySubscribers {
             topic: self.topic.clone(),
             max: shape.max_readers,
@@ -205,7 +246,16 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
                 entry: index as u32,
             },
         );
-        let barrier_ok = self.wait.may_sleep() && wait::announce_sleeper(&control.data);
+        // SAFETY: the slots are in the validated control block, in the mapping the subscriber
+        // keeps; slot `index` is this subscriber's while it holds entry `index`.
+        let notify_slot: *const NotifySlot =
+            &unsafe { control.notify_slots(shape.max_readers, lanes) }[index];
+        if let Some(waiter) = &notify {
+            // SAFETY: as above.
+            unsafe { &*notify_slot }.register(me, waiter.code());
+        }
+        let may_sleep = self.wait.may_sleep() || notify.is_some();
+        let barrier_ok = may_sleep && wait::announce_sleeper(&control.data);
         Ok(RingSubscriber {
             reader,
             more,
@@ -225,6 +275,9 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             empty_at: first_seq,
             slips: 0,
             barrier_ok,
+            may_sleep,
+            notify,
+            notify_slot,
             expected_len: T::fixed_size().map(|s| s as u32),
             topic: self.topic.clone(),
             truncation: open.segment.truncation(),
@@ -458,6 +511,13 @@ pub(crate) struct RingSubscriber<T: ?Sized> {
     /// Pauses made for the slip.
     slips: u64,
     barrier_ok: bool,
+    /// Whether this subscriber raised the data cell's `may_sleep` (a sleeping strategy or a
+    /// notifier of its own).
+    may_sleep: bool,
+    /// Its own notifier, if not the futex.
+    notify: Option<NotifyWaiter>,
+    /// Its notify slot in the control block (in the mapping).
+    notify_slot: *const NotifySlot,
     /// `Some(size_of::<T>())` for typed topics: every message must have exactly that length.
     expected_len: Option<u32>,
     topic: String,
@@ -489,6 +549,42 @@ impl<T: ?Sized> RingSubscriber<T> {
     /// receives then report [`RecvError::Truncated`]). One relaxed load.
     pub fn truncated(&self) -> bool {
         self.truncation.is_set()
+    }
+
+    #[inline]
+    fn notify_slot(&self) -> &NotifySlot {
+        // SAFETY: in the mapping, which outlives `self`'s use of it (see `open_ring`).
+        unsafe { &*self.notify_slot }
+    }
+
+    fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.notify.as_ref().and_then(NotifyWaiter::fd)
+    }
+
+    /// Arm the notifier and count as a sleeper; `Ok(false)` (and nothing armed) if a message,
+    /// or the topic's end, is there already.
+    fn arm(&mut self) -> Result<bool, ArmError> {
+        let Some(waiter) = self.notify.as_ref().filter(|w| w.fd().is_some()) else {
+            return Err(ArmError::NoDescriptor);
+        };
+        waiter.arm(self.notify_slot());
+        let control = self.control();
+        control.data.enter();
+        // Acquire (inside `has_news`/the load): as in `recv_deadline`'s wait.
+        if self.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0 {
+            self.disarm();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Undo `arm`, and take the posts that came.
+    fn disarm(&mut self) {
+        self.control().data.leave();
+        self.notify_slot().disarm();
+        if let Some(waiter) = &self.notify {
+            waiter.drain();
+        }
     }
 
     /// The topic's name.
@@ -769,18 +865,25 @@ impl<T: ?Sized> RingSubscriber<T> {
             }
             let this = &*self;
             let control = this.control();
-            let park = &this.parks.data;
-            let arrived = wait::wait_until(
-                wait,
-                &control.data,
-                park,
-                this.barrier_ok,
-                Some(until),
-                || {
-                    // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
-                    this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
-                },
-            );
+            let ready = || {
+                // Acquire (inside `has_news`/the load): what `poll` then reads is visible.
+                this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
+            };
+            let (until, barrier_ok) = (Some(until), this.barrier_ok);
+            let arrived = match &this.notify {
+                None => wait::wait_until(
+                    wait,
+                    &control.data,
+                    &this.parks.data,
+                    barrier_ok,
+                    until,
+                    ready,
+                ),
+                Some(waiter) => {
+                    let park = waiter.park(this.notify_slot());
+                    wait::wait_until(wait, &control.data, &park, barrier_ok, until, ready)
+                }
+            };
             if arrived {
                 false_alarms += 1;
             }
@@ -1078,7 +1181,10 @@ impl<T: ?Sized> Drop for RingSubscriber<T> {
         self.reader.leave_entry(me);
         let control = self.control();
         control.space.notify(&self.parks.space);
-        if self.wait.may_sleep() {
+        if self.notify.is_some() {
+            self.notify_slot().unregister(me);
+        }
+        if self.may_sleep {
             control.data.lower_may_sleep();
         }
     }
@@ -1289,6 +1395,75 @@ impl<T: ?Sized> Subscriber<T> {
             SubImp::Ring(s) => s.transport(),
             SubImp::Copy(s) => s.transport(),
         }
+    }
+
+    /// A descriptor that becomes readable when a publisher wakes this subscriber, for epoll,
+    /// mio or an async runtime: with [`Notifier::EventFd`] an epoll instance over the eventfd
+    /// (and the socket publishers fetch it through), with [`Notifier::Signal`] a signalfd
+    /// (poll it from the thread that arms). `None` with the futex or a semaphore, and on a
+    /// copying transport. Publishers post only to an armed subscriber: see
+    /// [`Subscriber::arm`] for the loop that uses it.
+    pub fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.imp {
+            SubImp::Ring(s) => s.notify_fd(),
+            SubImp::Copy(_) => None,
+        }
+    }
+
+    /// Get ready to wait on [`Subscriber::notify_fd`] outside shmbus: arm the notifier (the
+    /// next publisher's wake-up posts to it) and count as a sleeper. `Ok(None)` when a message,
+    /// or the topic's end, is there already: receive instead of waiting. Hold the returned
+    /// guard while you wait for the descriptor to be readable; dropping it disarms and takes
+    /// the posts that came. A message that arrives while armed is always posted.
+    ///
+    /// ```no_run
+    /// # use shmbus::wait::Notifier;
+    /// # let bus = shmbus::Bus::open_default()?;
+    /// # let mut subscriber = bus.subscriber::<u64>("t").notifier(Notifier::EventFd).open()?;
+    /// use rustix::event::{poll, PollFd, PollFlags};
+    /// loop {
+    ///     while let Some(tick) = subscriber.try_recv()? {
+    ///         println!("{}", *tick);
+    ///     }
+    ///     if let Some(armed) = subscriber.arm()? {
+    ///         let fd = armed.fd();
+    ///         poll(&mut [PollFd::new(&fd, PollFlags::IN)], None)?;
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ArmError::NoDescriptor`] when [`Subscriber::notify_fd`] is `None`.
+    pub fn arm(&mut self) -> Result<Option<Armed<'_, T>>, ArmError> {
+        match &mut self.imp {
+            // `then`, not `then_some`: a guard built for nothing would disarm on its drop.
+            SubImp::Ring(s) => Ok(s.arm()?.then(|| Armed { subscriber: s })),
+            SubImp::Copy(_) => Err(ArmError::NoDescriptor),
+        }
+    }
+}
+
+/// A subscriber armed to wait on its notifier's descriptor ([`Subscriber::arm`]). Dropping
+/// it disarms.
+#[must_use = "dropping the guard disarms at once"]
+#[derive(Debug)]
+pub struct Armed<'s, T: ?Sized> {
+    subscriber: &'s mut RingSubscriber<T>,
+}
+
+impl<T: ?Sized> Armed<'_, T> {
+    /// The descriptor to wait on ([`Subscriber::notify_fd`]).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.subscriber
+            .notify_fd()
+            .expect("only a subscriber with a notifier descriptor is armed")
+    }
+}
+
+impl<T: ?Sized> Drop for Armed<'_, T> {
+    fn drop(&mut self) {
+        self.subscriber.disarm();
     }
 }
 

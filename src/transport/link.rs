@@ -281,12 +281,7 @@ impl FanOut {
     }
 }
 
-pub(crate) fn timespec(d: Duration) -> rustix::time::Timespec {
-    rustix::time::Timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: d.subsec_nanos() as i64,
-    }
-}
+pub(crate) use crate::wait::timespec;
 
 impl FrameSender for FanOut {
     fn ready(&mut self, policy: Policy, deadline: Option<Instant>) -> Ready {

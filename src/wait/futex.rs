@@ -17,6 +17,8 @@ pub struct Futex;
 static FUTEX_WAITS: AtomicU64 = AtomicU64::new(0);
 static FUTEX_WAKES: AtomicU64 = AtomicU64::new(0);
 static BARRIERS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static NOTIFIER_SLEEPS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static NOTIFIER_POSTS: AtomicU64 = AtomicU64::new(0);
 
 /// Syscalls made by this process's wait layer since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,6 +29,10 @@ pub struct WaitStats {
     pub futex_wakes: u64,
     /// `membarrier` calls (a sleeping party attached).
     pub barriers: u64,
+    /// Sleeps on a subscriber's own notifier (eventfd, semaphore, signal).
+    pub notifier_sleeps: u64,
+    /// Posts to armed notifiers (an eventfd write or rendezvous, a `sem_post`, a signal).
+    pub notifier_posts: u64,
 }
 
 /// The syscalls this process's wait layer has made so far. The publish and receive paths make
@@ -42,6 +48,8 @@ pub fn stats() -> WaitStats {
         futex_waits: FUTEX_WAITS.load(Ordering::Relaxed),
         futex_wakes: FUTEX_WAKES.load(Ordering::Relaxed),
         barriers: BARRIERS.load(Ordering::Relaxed),
+        notifier_sleeps: NOTIFIER_SLEEPS.load(Ordering::Relaxed),
+        notifier_posts: NOTIFIER_POSTS.load(Ordering::Relaxed),
     }
 }
 
@@ -92,7 +100,8 @@ pub(crate) fn announce_sleeper(cell: &WaitCell) -> bool {
 /// Wait under `strategy` until `ready()` holds or `deadline` passes; returns whether it held.
 /// `ready` must load the progress it checks with Acquire. With [`WaitStrategy::Futex`] the
 /// caller must have announced itself on `cell` (see [`announce_sleeper`]); `barrier_ok` is what
-/// that returned; it sleeps through `park` (the futex, or a portable segment's events).
+/// that returned; it sleeps through `park` (the futex, a portable segment's events, or a
+/// subscriber's own notifier).
 #[inline]
 pub(crate) fn wait_until<P: Park>(
     strategy: WaitStrategy,

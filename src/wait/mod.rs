@@ -9,8 +9,21 @@
 //!
 //! This layer never touches a slot or a cursor: callers pass in the condition they wait for.
 
+mod notifier;
 mod notify;
+pub use notifier::{Notifier, NotifySlot, Taken};
 pub use notify::WaitCell;
+
+#[cfg(not(shmbus_loom))]
+mod eventfd;
+#[cfg(not(shmbus_loom))]
+mod semaphore;
+#[cfg(not(shmbus_loom))]
+mod signal;
+#[cfg(not(shmbus_loom))]
+mod wakers;
+#[cfg(not(shmbus_loom))]
+pub(crate) use wakers::{topic_key, NotifyWaiter, TopicWaker, Wakers};
 
 #[cfg(not(shmbus_loom))]
 mod futex;
@@ -70,6 +83,13 @@ pub trait Park {
     fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
     /// Wake every sleeper parked on `word`.
     fn wake_all(&self, word: &AtomicU32);
+    /// Called by a waiter before it announces itself (raises `sleepers`) and issues the
+    /// protocol's fence: where a notifier that is not a futex arms its registration. Nothing
+    /// by default.
+    fn prepare(&self) {}
+    /// Called by a waiter once it stops waiting (woken, timed out, or ready at its re-check).
+    /// Nothing by default.
+    fn finish(&self) {}
 }
 
 /// How a blocking call waits for the other side.
@@ -119,5 +139,14 @@ impl Default for WaitStrategy {
         WaitStrategy::Futex {
             spin: Self::DEFAULT_SPIN,
         }
+    }
+}
+
+/// A duration as the kernel's timespec (for poll, epoll and the like).
+#[cfg(not(shmbus_loom))]
+pub(crate) fn timespec(d: std::time::Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as i64,
     }
 }

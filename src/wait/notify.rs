@@ -93,6 +93,21 @@ impl WaitCell {
             .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
+    /// Count the caller as a sleeper, for a wait done outside this cell (a subscriber polling
+    /// its notifier's descriptor): the caller arms its notifier slot first, then calls this,
+    /// then re-checks its condition, and calls [`WaitCell::leave`] when done. The same steps
+    /// as [`WaitCell::wait`]'s before it sleeps.
+    pub fn enter(&self) {
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        // SeqCst fence: pairs with the one in `notify_sleepy` (see the module comment).
+        fence(Ordering::SeqCst);
+    }
+
+    /// Undo [`WaitCell::enter`].
+    pub fn leave(&self) {
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Sleep until `ready()` holds or `deadline` passes; returns whether `ready()` held.
     /// `ready` must read the progress with Acquire. The caller has raised `may_sleep`.
     pub fn wait<P: Park>(
@@ -104,15 +119,20 @@ impl WaitCell {
         loop {
             // Acquire: pairs with the Release `fetch_add` in `wake`.
             let epoch = self.epoch.load(Ordering::Acquire);
+            // A notifier other than the futex arms its slot here, before the fence (see
+            // `notifier.rs`).
+            park.prepare();
             self.sleepers.fetch_add(1, Ordering::Relaxed);
             // SeqCst fence: pairs with the one in `notify_sleepy` (see the module comment).
             fence(Ordering::SeqCst);
             if ready() {
                 self.sleepers.fetch_sub(1, Ordering::Relaxed);
+                park.finish();
                 return true;
             }
             park.park(&self.epoch, epoch, deadline);
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            park.finish();
             if ready() {
                 return true;
             }
