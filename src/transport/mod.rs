@@ -64,6 +64,13 @@ pub trait Transport: std::fmt::Debug + Send + Sync {
         })
     }
 
+    /// Whether a subscriber may ask for history ([`Endpoint::history`]): a copying transport
+    /// that keeps what was published (a file) says so; the others are refused history before
+    /// [`Transport::subscribe`] is called.
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
     /// Open a subscribing end of topic `endpoint.topic` (a copying transport), waiting up to
     /// `timeout` for the publisher's greeting; the receiver has checked it (type, policy).
     ///
