@@ -13,7 +13,7 @@
 //! | [`Pipe`] | pipe, copying | one | a parent and the child it spawns |
 //! | [`Fifo`] | named pipe, copying | one | unrelated processes found by a path, no sockets |
 //! | [`MessageQueue`] | POSIX message queue, copying | one | small messages with kernel-kept boundaries |
-//! | [`File`] | append-only file, copying | any (each reads the file) | the simplest durable spool |
+//! | [`File`] | append-only file, copying | any (each reads the file) | the simplest durable spool: late subscribers read the past; record and replay ([`crate::journal`]) |
 //!
 //! The ring transports are the bus of the crate's front page: a message is written in place
 //! and read in place. The others copy each message once into the kernel and once out of it,
@@ -26,10 +26,12 @@
 //! subscriber whose buffer is full misses the message (it learns how many it missed from the
 //! sequence numbers: [`Subscriber::lost`](crate::Subscriber::lost)).
 
+mod file;
 pub mod frame;
 mod link;
 mod unix;
 
+pub use file::File;
 pub use link::{FrameReceiver, FrameSender, Ready, Received};
 pub use unix::Unix;
 
@@ -208,6 +210,7 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+/// | `file:DIR` | [`File`] |
 ///
 /// # Errors
 /// A message naming what is wrong with `spec`.
@@ -225,9 +228,10 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "shm" => Box::new(Shm::in_dir(rest)),
         "mmap" | "mmap-file" => Box::new(MmapFile::new(need_dir("mmap")?)),
         "unix" => Box::new(Unix::new(need_dir("unix")?)),
+        "file" => Box::new(File::new(need_dir("file")?)),
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, file:DIR)"
             ))
         }
     })
