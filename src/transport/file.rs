@@ -5,7 +5,7 @@
 //! of [`crate::journal`].
 //!
 //! **The file** holds frames exactly as every copying transport sends them
-//! ([`frame`](super::frame)): a hello, data frames, and a close when the publisher leaves
+//! ([`super::frame`]): a hello, data frames, and a close when the publisher leaves
 //! cleanly. The publisher appends (`O_APPEND`) with one `write` per frame; a write the kernel
 //! cuts short (a full disk) is finished before anything else is written, so the file is
 //! always whole frames followed by at most one frame in progress.

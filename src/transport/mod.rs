@@ -26,7 +26,7 @@
 //! subscriber whose buffer is full misses the message (it learns how many it missed from the
 //! sequence numbers: [`Subscriber::lost`](crate::Subscriber::lost)).
 
-mod file;
+pub mod file;
 pub mod frame;
 mod link;
 mod unix;
