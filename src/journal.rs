@@ -150,7 +150,8 @@ pub struct Recorded {
 }
 
 /// Records a topic into a journal: a subscriber of any type on any bus, and the journal's
-/// writer. `Send`, not `Sync` (one thread records).
+/// writer. A subscriber like any other: under [`Policy::Block`] the topic's publisher waits
+/// for it, so record in a loop. `Send`, not `Sync` (one thread records).
 ///
 /// ```no_run
 /// use shmbus::journal::Recorder;

@@ -28,12 +28,15 @@
 //! it. Liveness is the hello's pid and process start time
 //! ([`identity_alive`](crate::segment::identity_alive)). The publisher counts subscribers with
 //! inotify too: opens of the spool less its closes (a killed subscriber's descriptors are
-//! closed by the kernel), so any reader of the file counts, `tail` included.
+//! closed by the kernel), so any reader of the file counts, `tail` included; where inotify is
+//! not available (its per-user limits reached) the publisher counts none.
 //!
 //! **Policies.** A file is never full: under every policy (Block, Overwrite, Fail) the
 //! publisher never waits and nothing is lost. A write that fails (no space left, a file too
 //! large) keeps the frame and is tried again before the next one; the failure is reported,
-//! typed, by the publisher's next loan or send.
+//! typed, by the publisher's next loan or send (`StorageFull`, `FileTooLarge`: the file
+//! system's limit; a write past `RLIMIT_FSIZE` also sends `SIGXFSZ`, which ends the process
+//! unless it ignores the signal).
 //!
 //! **What it costs**: a `write` per message on the publisher's side, a `pread` (and, when
 //! idle, a `poll` on inotify) per batch on each subscriber's; a subscriber that starts from the
@@ -1297,6 +1300,33 @@ mod tests {
         let mut late = SpoolReader::open(&path, &options(StartAt::End), deadline).unwrap();
         assert_eq!(read_all(&mut late), (vec![], RecvError::Disconnected));
         drop(w);
+    }
+
+    #[test]
+    fn a_reader_without_inotify_polls() {
+        let tmp = Tmp::new("poll");
+        let path = tmp.path();
+        let mut w = SpoolWriter::create(&path, "t", &hello(8), false).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut r = SpoolReader::open(&path, &options(StartAt::End), deadline).unwrap();
+        r.notify = Notify::Poll;
+        let writer = std::thread::spawn(move || {
+            for i in 0..50 {
+                std::thread::sleep(Duration::from_micros(200));
+                data(&mut w, i, i);
+            }
+            w.finish().unwrap();
+        });
+        let mut got = vec![];
+        let end = loop {
+            match r.recv(Some(Instant::now() + Duration::from_secs(60))) {
+                Ok(Some(m)) => got.push(u64::from_le_bytes(r.payload(&m).try_into().unwrap())),
+                Ok(None) => panic!("nothing within a minute"),
+                Err(e) => break e,
+            }
+        };
+        writer.join().unwrap();
+        assert_eq!((got, end), ((0..50).collect(), RecvError::Disconnected));
     }
 
     #[test]
