@@ -41,7 +41,9 @@
 //! **What it costs**: a `write` per message on the publisher's side, a `pread` (and, when
 //! idle, a `poll` on inotify) per batch on each subscriber's; a subscriber that starts from the
 //! end or from the last N messages reads the frame headers of the whole file once to find
-//! where to start (frames carry their lengths; there is no index). Frames carry no checksum: a
+//! where to start (frames carry their lengths; there is no index). Each subscriber and
+//! publisher holds an inotify instance, whose close costs the kernel a few milliseconds (it
+//! waits for a grace period): dropping one is not free. Frames carry no checksum: a
 //! corrupt header is a typed error ([`RecvError::BadFrame`], or [`OpenError::Refused`] when
 //! found while positioning), a corrupt payload byte is delivered as it is. Nothing is
 //! `fsync`ed: the spool survives its processes, not a power cut.
@@ -1157,11 +1159,12 @@ impl FrameReceiver for SpoolReader {
             }
             State::Open => {}
         }
+        // The fast path: a frame already read, or one read now.
+        if let Some(received) = self.step()? {
+            return Ok(Some(received));
+        }
         let mut check_at = Instant::now() + LIVENESS_CHECK;
         loop {
-            if let Some(received) = self.step()? {
-                return Ok(Some(received));
-            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
@@ -1192,6 +1195,9 @@ impl FrameReceiver for SpoolReader {
                     kind: e.kind(),
                     detail: e.to_string(),
                 });
+            }
+            if let Some(received) = self.step()? {
+                return Ok(Some(received));
             }
         }
     }
