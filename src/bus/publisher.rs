@@ -781,7 +781,8 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// Copy `value` into the next slot and send it, without waiting.
     ///
     /// # Errors
-    /// [`TrySendError::Full`] hands `value` back.
+    /// [`TrySendError::Full`] hands `value` back; so does [`TrySendError::Io`], when a copying
+    /// transport could not write an earlier message (the file transport: a full disk).
     #[inline]
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
         match self.try_loan() {
@@ -818,7 +819,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
     ///
     /// # Errors
     /// [`SendTimeoutError::Timeout`] hands `value` back; [`SendTimeoutError::Full`] too, at
-    /// once, under [`Policy::Fail`].
+    /// once, under [`Policy::Fail`]; and [`SendTimeoutError::Io`] ([`TrySendError::Io`]).
     pub fn send_timeout(&mut self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         match self.loan_timeout(timeout) {
             Ok(mut loan) => {
@@ -849,7 +850,8 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
     /// Send `value` without waiting.
     ///
     /// # Errors
-    /// [`TrySendError::Full`] hands `value` back.
+    /// [`TrySendError::Full`] hands `value` back; so does [`TrySendError::Io`], when a copying
+    /// transport could not write an earlier message (the file transport: a full disk).
     #[inline]
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
         match self.try_claim() {
@@ -921,7 +923,9 @@ impl Publisher<[u8]> {
     ///
     /// # Errors
     /// [`TryLoanError::TooLarge`] if `len` exceeds the slot size (nothing is truncated);
-    /// [`TryLoanError::Full`].
+    /// [`TryLoanError::WrongLength`] if the publisher sends under a type's fingerprint
+    /// ([`PublisherBuilder::as_type`]) and `len` is not its size; [`TryLoanError::Full`];
+    /// [`TryLoanError::Io`] when a copying transport could not write an earlier message.
     pub fn try_loan_bytes(&mut self, len: usize) -> Result<Loan<'_, [u8]>, TryLoanError> {
         let len = self.check_len(len)?;
         let ptr = self.try_claim()?;
@@ -932,8 +936,9 @@ impl Publisher<[u8]> {
     /// (`timeout`: `None` waits for as long as it takes).
     ///
     /// # Errors
-    /// [`LoanError::TooLarge`]; [`LoanError::Timeout`]; [`LoanError::Full`] at once under
-    /// [`Policy::Fail`].
+    /// [`LoanError::TooLarge`]; [`LoanError::WrongLength`]; [`LoanError::Timeout`];
+    /// [`LoanError::Full`] at once under [`Policy::Fail`]; [`LoanError::Io`] when a copying
+    /// transport could not write an earlier message.
     pub fn loan_bytes(
         &mut self,
         len: usize,
