@@ -283,6 +283,23 @@ pub enum TryLoanError {
         /// The slot size.
         max: usize,
     },
+    /// A byte message of another length than the type's, on a publisher of bytes under a
+    /// type's fingerprint ([`PublisherBuilder::as_type`](crate::PublisherBuilder::as_type)).
+    #[error("message of {len} bytes where the topic's type has {expected}")]
+    WrongLength {
+        /// Requested length.
+        len: usize,
+        /// The type's size.
+        expected: usize,
+    },
+    /// A copying transport could not write an earlier message (the file transport: no space
+    /// left, a file too large). That message is kept and written before the next; this loan
+    /// is refused until it is.
+    #[error("writing an earlier message failed: {kind}")]
+    Io {
+        /// The error's kind (`StorageFull`, `FileTooLarge`, ...).
+        kind: std::io::ErrorKind,
+    },
 }
 
 /// Why a blocking loan failed.
@@ -304,6 +321,14 @@ pub enum LoanError {
         /// The slot size.
         max: usize,
     },
+    /// A byte message of another length than the type's ([`TryLoanError::WrongLength`]).
+    #[error("message of {len} bytes where the topic's type has {expected}")]
+    WrongLength {
+        /// Requested length.
+        len: usize,
+        /// The type's size.
+        expected: usize,
+    },
     /// The topic's segment was truncated under this publisher (by another process): what it
     /// writes reaches nobody. Noticed while waiting for room; see also
     /// [`Publisher::truncated`](crate::Publisher::truncated).
@@ -315,8 +340,10 @@ pub enum LoanError {
     /// [`RecvError::Disconnected`].
     #[error("the publisher sent an invalid frame: {0}")]
     BadFrame(crate::transport::frame::FrameError),
-    /// A copying transport's system call failed while receiving.
-    #[error("receive failed: {detail}")]
+    /// A copying transport's system call failed; for a loan, the write of an earlier message
+    /// (the file transport: no space left, a file too large), which is kept and written
+    /// before the next one.
+    #[error("{detail}")]
     Io {
         /// The error's kind.
         kind: std::io::ErrorKind,
@@ -335,13 +362,16 @@ pub enum TrySendError<T> {
     /// The topic's segment was truncated by another process ([`LoanError::Truncated`]).
     #[error("the topic's segment was truncated by another process")]
     Truncated(T),
+    /// A copying transport could not write an earlier message ([`TryLoanError::Io`]).
+    #[error("writing an earlier message failed: {1}")]
+    Io(T, std::io::ErrorKind),
 }
 
 impl<T> TrySendError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            TrySendError::Full(t) | TrySendError::Truncated(t) => t,
+            TrySendError::Full(t) | TrySendError::Truncated(t) | TrySendError::Io(t, _) => t,
         }
     }
 }
@@ -351,6 +381,7 @@ impl<T> fmt::Debug for TrySendError<T> {
         match self {
             TrySendError::Full(_) => f.write_str("Full(..)"),
             TrySendError::Truncated(_) => f.write_str("Truncated(..)"),
+            TrySendError::Io(_, kind) => write!(f, "Io(.., {kind:?})"),
         }
     }
 }
@@ -368,6 +399,9 @@ pub enum SendTimeoutError<T> {
     /// The topic's segment was truncated by another process ([`LoanError::Truncated`]).
     #[error("the topic's segment was truncated by another process")]
     Truncated(T),
+    /// A copying transport could not write an earlier message ([`TryLoanError::Io`]).
+    #[error("writing an earlier message failed: {1}")]
+    Io(T, std::io::ErrorKind),
 }
 
 impl<T> SendTimeoutError<T> {
@@ -376,7 +410,8 @@ impl<T> SendTimeoutError<T> {
         match self {
             SendTimeoutError::Timeout(t)
             | SendTimeoutError::Full(t)
-            | SendTimeoutError::Truncated(t) => t,
+            | SendTimeoutError::Truncated(t)
+            | SendTimeoutError::Io(t, _) => t,
         }
     }
 }
@@ -387,6 +422,7 @@ impl<T> fmt::Debug for SendTimeoutError<T> {
             SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
             SendTimeoutError::Full(_) => f.write_str("Full(..)"),
             SendTimeoutError::Truncated(_) => f.write_str("Truncated(..)"),
+            SendTimeoutError::Io(_, kind) => write!(f, "Io(.., {kind:?})"),
         }
     }
 }

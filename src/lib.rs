@@ -61,6 +61,9 @@ mod sigbus;
 pub mod transport;
 
 #[cfg(not(shmbus_loom))]
+pub mod journal;
+
+#[cfg(not(shmbus_loom))]
 mod bus;
 #[cfg(not(shmbus_loom))]
 mod error;

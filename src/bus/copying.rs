@@ -6,7 +6,7 @@
 use super::payload::AlignedWords;
 use super::subscriber::Sample;
 use super::Bus;
-use crate::error::{CreateError, LoanError, OpenError, RecvError};
+use crate::error::{CreateError, LoanError, OpenError, RecvError, TryLoanError};
 use crate::layout::{Policy, TypeFingerprint};
 use crate::transport::frame::{self, FrameHeader, FrameKind, Hello, HEADER_LEN};
 use crate::transport::{Endpoint, FrameReceiver, FrameSender, Ready, Transport};
@@ -31,6 +31,14 @@ fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A write the transport could not make (kept pending: it is tried again first).
+fn write_failed(kind: std::io::ErrorKind) -> LoanError {
+    LoanError::Io {
+        kind,
+        detail: format!("writing a message failed: {kind}"),
+    }
 }
 
 /// The publishing end of a topic on a copying transport.
@@ -99,17 +107,20 @@ impl CopyPublisher {
 
     /// A loan's buffer if every subscriber can take a frame now (always under Overwrite).
     #[inline]
-    pub(crate) fn try_claim(&mut self) -> Option<*mut u8> {
+    pub(crate) fn try_claim(&mut self) -> Result<*mut u8, TryLoanError> {
         match self.sender.ready(self.policy, None) {
-            Ready::Yes => Some(self.payload_ptr()),
-            Ready::Full => None,
+            Ready::Yes => Ok(self.payload_ptr()),
+            Ready::Full => Err(TryLoanError::Full),
+            Ready::Failed(kind) => Err(TryLoanError::Io { kind }),
         }
     }
 
     /// As `try_claim`, waiting (Block) until `deadline`.
     pub(crate) fn claim(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
-        if let Some(ptr) = self.try_claim() {
-            return Ok(ptr);
+        match self.try_claim() {
+            Ok(ptr) => return Ok(ptr),
+            Err(TryLoanError::Io { kind }) => return Err(write_failed(kind)),
+            Err(_) => {}
         }
         if self.policy == Policy::Fail {
             return Err(LoanError::Full);
@@ -120,6 +131,7 @@ impl CopyPublisher {
         {
             Ready::Yes => Ok(self.payload_ptr()),
             Ready::Full => Err(LoanError::Timeout),
+            Ready::Failed(kind) => Err(write_failed(kind)),
         }
     }
 
@@ -194,7 +206,7 @@ pub(crate) fn open<T: ?Sized>(
             topic: topic.into(),
             reason,
         })?;
-    if options.history > 0 {
+    if options.history > 0 && !transport.keeps_history() {
         return Err(OpenError::Unsupported {
             transport: transport.name(),
             what: "history (a copying transport delivers what is sent after a subscriber connects)"
@@ -266,6 +278,12 @@ impl<T: ?Sized> CopySubscriber<T> {
     }
     pub(crate) fn last_stamp(&self) -> u64 {
         self.stamp
+    }
+    pub(crate) fn fingerprint(&self) -> TypeFingerprint {
+        self.rx.hello().fingerprint
+    }
+    pub(crate) fn slot_size(&self) -> u32 {
+        self.rx.hello().max_len
     }
 
     /// The next frame, waiting per the strategy until `deadline`.

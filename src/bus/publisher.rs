@@ -9,7 +9,7 @@ use super::Bus;
 use crate::error::{
     CreateError, LoanError, OpenError, SendTimeoutError, TryLoanError, TrySendError,
 };
-use crate::layout::{Geometry, Policy, SegmentHeader, TopicShape};
+use crate::layout::{Geometry, PayloadKind, Policy, SegmentHeader, TopicShape, TypeFingerprint};
 use crate::ring::broadcast::Writer;
 use crate::ring::MappedSlots;
 use crate::segment::{self, Segment, SegmentError};
@@ -35,6 +35,8 @@ pub struct PublisherBuilder<'b, T: ?Sized> {
     history: u64,
     wait: WaitStrategy,
     type_name: Option<String>,
+    /// Bytes published under this fingerprint instead of `T`'s (see `as_type`).
+    as_type: Option<TypeFingerprint>,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -51,7 +53,23 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             history: 0,
             wait: WaitStrategy::default(),
             type_name: None,
+            as_type: None,
             _type: PhantomData,
+        }
+    }
+
+    /// The topic's fingerprint, slot size (if fixed) and payload alignment.
+    fn shape_of_type(&self) -> (TypeFingerprint, Option<usize>, usize) {
+        match self.as_type {
+            Some(fp) if fp.kind == PayloadKind::Typed => {
+                (fp, usize::try_from(fp.size).ok(), fp.align as usize)
+            }
+            Some(fp) => (fp, None, T::align()),
+            None => (
+                T::fingerprint(self.type_name.as_deref()),
+                T::fixed_size(),
+                T::align(),
+            ),
         }
     }
 
@@ -127,8 +145,18 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
     /// range), [`CreateError::AlreadyExists`], [`CreateError::NoSpace`]
     /// (the needed and available bytes), [`CreateError::Segment`] for other system errors.
     pub fn create(self) -> Result<Publisher<T>, CreateError> {
+        let (fingerprint, fixed_size, align) = self.shape_of_type();
+        let exact_len = self
+            .as_type
+            .and(fixed_size)
+            .and_then(|s| u32::try_from(s).ok());
+        if self.as_type.is_some() && fixed_size.is_some() && exact_len.is_none() {
+            return Err(CreateError::InvalidConfig(
+                crate::layout::ConfigError::SlotSize(fingerprint.size),
+            ));
+        }
         if let Some(transport) = self.bus.copying() {
-            let slot_size = T::fixed_size().map_or(self.slot_size.unwrap_or(4096), |s| s as u64);
+            let slot_size = fixed_size.map_or(self.slot_size.unwrap_or(4096), |s| s as u64);
             let slot_size = u32::try_from(slot_size)
                 .ok()
                 .filter(|&s| s > 0 && s <= crate::transport::frame::MAX_PAYLOAD)
@@ -145,7 +173,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 transport,
                 self.bus,
                 &self.topic,
-                T::fingerprint(self.type_name.as_deref()),
+                fingerprint,
                 self.policy,
                 slot_size,
                 self.capacity,
@@ -153,6 +181,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             return Ok(Publisher {
                 imp: Imp::Copy(Box::new(copy)),
                 topic: self.topic,
+                exact_len,
                 _type: PhantomData,
             });
         }
@@ -163,11 +192,11 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     topic: self.topic.clone(),
                     reason,
                 })?;
-        let slot_size = T::fixed_size().map_or(self.slot_size.unwrap_or(4096), |s| s as u64);
+        let slot_size = fixed_size.map_or(self.slot_size.unwrap_or(4096), |s| s as u64);
         let geometry = Geometry::for_config(
             self.capacity,
             slot_size,
-            T::align() as u64,
+            align as u64,
             control_size(
                 self.max_subscribers.min(crate::layout::MAX_READERS),
                 self.max_publishers.clamp(1, crate::layout::MAX_LANES),
@@ -222,7 +251,6 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             e => CreateError::Segment(e),
         })?;
         backend::init_segment(&segment, &geometry, &shape).map_err(CreateError::Segment)?;
-        let fingerprint = T::fingerprint(self.type_name.as_deref());
         let pid = std::process::id();
         let base = segment.base().as_ptr();
         // SAFETY: `geometry` was computed for this segment's size: the control block lies in
@@ -281,7 +309,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
             });
         }
         let open = open_topic(self.bus, &self.topic)?;
-        open.check_type::<T>(self.type_name.as_deref(), &self.topic)?;
+        let (fingerprint, fixed_size, align) = self.shape_of_type();
+        open.check_type_of(fingerprint, fixed_size, align, &self.topic)?;
         let (geometry, shape) = (open.geometry, open.shape);
         let control = open.control();
         // A memory-mapped file's topic, closed by its last publisher, is reopened: its name
@@ -367,8 +396,10 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         let parks = backend::parks(&segment, &geometry, &shape, Party::Publisher { lane });
         let may_wait = shape.policy == Policy::Block && self.wait.may_sleep();
         let barrier_ok = may_wait && wait::announce_sleeper(&control.space);
+        let (_, fixed_size, align) = self.shape_of_type();
+        let exact_len = self.as_type.and(fixed_size).map(|s| s as u32);
         let staging = (shape.policy == Policy::Overwrite)
-            .then(|| AlignedWords::new(geometry.slot_size as usize, T::align()));
+            .then(|| AlignedWords::new(geometry.slot_size as usize, align));
         // SAFETY: in the validated control block, in the mapping `Publisher::segment` keeps.
         let notify_slots = unsafe { control.notify_slots(shape.max_readers, geometry.lanes) };
         let key = wait::topic_key(&self.bus.dir().join(segment.name()));
@@ -395,8 +426,40 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                 segment,
             }),
             topic: self.topic,
+            exact_len,
             _type: PhantomData,
         }
+    }
+}
+
+impl<'b> PublisherBuilder<'b, [u8]> {
+    /// Publish byte messages under another type's fingerprint: the topic says it carries
+    /// what `fingerprint` describes (a typed subscriber of that type opens it; one of another
+    /// type is refused as usual), and each message must be exactly that type's size
+    /// ([`TryLoanError::WrongLength`] otherwise). A byte fingerprint
+    /// ([`TypeFingerprint::bytes`]) is a plain byte topic. For tools that move messages
+    /// without knowing their type: the journal's [`Replayer`](crate::journal::Replayer)
+    /// republishes recorded messages with it.
+    ///
+    /// The type check is then this publisher's word: the bytes it sends are read as the
+    /// type's values. That is no memory hazard (a subscriber reads in place only `Pod` types,
+    /// for which any bytes are a value, and checks every length; a
+    /// [`Checked`](crate::Checked) subscriber validates each message), but bytes that are not
+    /// what the type means are wrong values for its subscribers.
+    ///
+    /// ```
+    /// use shmbus::layout::TypeFingerprint;
+    /// # let bus = shmbus::Bus::builder().prefix("doctest-as-type.").build()?;
+    /// let tick = TypeFingerprint::typed::<u64>(std::any::type_name::<u64>());
+    /// let mut publisher = bus.publisher::<[u8]>("ticks").as_type(tick).create()?;
+    /// let mut subscriber = bus.subscriber::<u64>("ticks").open()?;
+    /// publisher.try_send_bytes(&7u64.to_le_bytes())?;
+    /// assert_eq!(*subscriber.try_recv()?.unwrap(), 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn as_type(mut self, fingerprint: TypeFingerprint) -> Self {
+        self.as_type = Some(fingerprint);
+        self
     }
 }
 
@@ -553,6 +616,9 @@ impl Inner {
 pub struct Publisher<T: ?Sized> {
     imp: Imp,
     topic: String,
+    /// Bytes published under a type's fingerprint (`PublisherBuilder::as_type`): the type's
+    /// size, which every message must have.
+    exact_len: Option<u32>,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -681,9 +747,9 @@ impl<T: ?Sized> Publisher<T> {
 
     /// A slot (a buffer, on a copying transport) if one is free now.
     #[inline(always)]
-    fn try_claim(&mut self) -> Option<*mut u8> {
+    fn try_claim(&mut self) -> Result<*mut u8, TryLoanError> {
         match &mut self.imp {
-            Imp::Ring(r) => r.inner.try_claim(),
+            Imp::Ring(r) => r.inner.try_claim().ok_or(TryLoanError::Full),
             Imp::Copy(c) => c.try_claim(),
         }
     }
@@ -731,10 +797,8 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// [`TryLoanError::Full`].
     #[inline]
     pub fn try_loan(&mut self) -> Result<Loan<'_, T>, TryLoanError> {
-        match self.try_claim() {
-            Some(ptr) => Ok(self.loan_at(ptr, size_of::<T>() as u32)),
-            None => Err(TryLoanError::Full),
-        }
+        let ptr = self.try_claim()?;
+        Ok(self.loan_at(ptr, size_of::<T>() as u32))
     }
 
     /// Loan the next slot, waiting (per the publisher's [`WaitStrategy`]) while the ring is
@@ -760,7 +824,8 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// Copy `value` into the next slot and send it, without waiting.
     ///
     /// # Errors
-    /// [`TrySendError::Full`] hands `value` back.
+    /// [`TrySendError::Full`] hands `value` back; so does [`TrySendError::Io`], when a copying
+    /// transport could not write an earlier message (the file transport: a full disk).
     #[inline]
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
         match self.try_loan() {
@@ -769,6 +834,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
                 loan.send();
                 Ok(())
             }
+            Err(TryLoanError::Io { kind }) => Err(TrySendError::Io(value, kind)),
             Err(_) => Err(TrySendError::Full(value)),
         }
     }
@@ -787,6 +853,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
                 Ok(())
             }
             Err(LoanError::Truncated) => Err(TrySendError::Truncated(value)),
+            Err(LoanError::Io { kind, .. }) => Err(TrySendError::Io(value, kind)),
             Err(_) => Err(TrySendError::Full(value)),
         }
     }
@@ -795,7 +862,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
     ///
     /// # Errors
     /// [`SendTimeoutError::Timeout`] hands `value` back; [`SendTimeoutError::Full`] too, at
-    /// once, under [`Policy::Fail`].
+    /// once, under [`Policy::Fail`]; and [`SendTimeoutError::Io`] ([`TrySendError::Io`]).
     pub fn send_timeout(&mut self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         match self.loan_timeout(timeout) {
             Ok(mut loan) => {
@@ -805,6 +872,7 @@ impl<T: bytemuck::Pod> Publisher<T> {
             }
             Err(LoanError::Full) => Err(SendTimeoutError::Full(value)),
             Err(LoanError::Truncated) => Err(SendTimeoutError::Truncated(value)),
+            Err(LoanError::Io { kind, .. }) => Err(SendTimeoutError::Io(value, kind)),
             Err(_) => Err(SendTimeoutError::Timeout(value)),
         }
     }
@@ -825,15 +893,17 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
     /// Send `value` without waiting.
     ///
     /// # Errors
-    /// [`TrySendError::Full`] hands `value` back.
+    /// [`TrySendError::Full`] hands `value` back; so does [`TrySendError::Io`], when a copying
+    /// transport could not write an earlier message (the file transport: a full disk).
     #[inline]
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
         match self.try_claim() {
-            Some(ptr) => {
+            Ok(ptr) => {
                 self.write_and_send(ptr, &value);
                 Ok(())
             }
-            None => Err(TrySendError::Full(value)),
+            Err(TryLoanError::Io { kind }) => Err(TrySendError::Io(value, kind)),
+            Err(_) => Err(TrySendError::Full(value)),
         }
     }
 
@@ -849,6 +919,7 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
                 Ok(())
             }
             Err(LoanError::Truncated) => Err(TrySendError::Truncated(value)),
+            Err(LoanError::Io { kind, .. }) => Err(TrySendError::Io(value, kind)),
             Err(_) => Err(TrySendError::Full(value)),
         }
     }
@@ -866,15 +937,27 @@ impl<T: CheckedBitPattern + NoUninit> Publisher<Checked<T>> {
             }
             Err(LoanError::Full) => Err(SendTimeoutError::Full(value)),
             Err(LoanError::Truncated) => Err(SendTimeoutError::Truncated(value)),
+            Err(LoanError::Io { kind, .. }) => Err(SendTimeoutError::Io(value, kind)),
             Err(_) => Err(SendTimeoutError::Timeout(value)),
         }
     }
 }
 
 impl Publisher<[u8]> {
-    fn check_len(&self, len: usize) -> Result<u32, (usize, usize)> {
+    fn check_len(&self, len: usize) -> Result<u32, TryLoanError> {
+        if let Some(expected) = self.exact_len {
+            if len != expected as usize {
+                return Err(TryLoanError::WrongLength {
+                    len,
+                    expected: expected as usize,
+                });
+            }
+        }
         if len > self.slot_size() {
-            return Err((len, self.slot_size()));
+            return Err(TryLoanError::TooLarge {
+                len,
+                max: self.slot_size(),
+            });
         }
         Ok(len as u32)
     }
@@ -883,31 +966,32 @@ impl Publisher<[u8]> {
     ///
     /// # Errors
     /// [`TryLoanError::TooLarge`] if `len` exceeds the slot size (nothing is truncated);
-    /// [`TryLoanError::Full`].
+    /// [`TryLoanError::WrongLength`] if the publisher sends under a type's fingerprint
+    /// ([`PublisherBuilder::as_type`]) and `len` is not its size; [`TryLoanError::Full`];
+    /// [`TryLoanError::Io`] when a copying transport could not write an earlier message.
     pub fn try_loan_bytes(&mut self, len: usize) -> Result<Loan<'_, [u8]>, TryLoanError> {
-        let len = self
-            .check_len(len)
-            .map_err(|(len, max)| TryLoanError::TooLarge { len, max })?;
-        match self.try_claim() {
-            Some(ptr) => Ok(self.loan_at(ptr, len)),
-            None => Err(TryLoanError::Full),
-        }
+        let len = self.check_len(len)?;
+        let ptr = self.try_claim()?;
+        Ok(self.loan_at(ptr, len))
     }
 
     /// Loan the next slot for a byte message of `len` bytes, waiting while the ring is full
     /// (`timeout`: `None` waits for as long as it takes).
     ///
     /// # Errors
-    /// [`LoanError::TooLarge`]; [`LoanError::Timeout`]; [`LoanError::Full`] at once under
-    /// [`Policy::Fail`].
+    /// [`LoanError::TooLarge`]; [`LoanError::WrongLength`]; [`LoanError::Timeout`];
+    /// [`LoanError::Full`] at once under [`Policy::Fail`]; [`LoanError::Io`] when a copying
+    /// transport could not write an earlier message.
     pub fn loan_bytes(
         &mut self,
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<Loan<'_, [u8]>, LoanError> {
-        let len = self
-            .check_len(len)
-            .map_err(|(len, max)| LoanError::TooLarge { len, max })?;
+        let len = self.check_len(len).map_err(|e| match e {
+            TryLoanError::WrongLength { len, expected } => LoanError::WrongLength { len, expected },
+            TryLoanError::TooLarge { len, max } => LoanError::TooLarge { len, max },
+            _ => unreachable!("check_len refuses lengths only"),
+        })?;
         let ptr = self.claim(timeout.map(|t| Instant::now() + t))?;
         Ok(self.loan_at(ptr, len))
     }

@@ -108,6 +108,13 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         self
     }
 
+    /// Start with every message the topic still keeps: `history(u64::MAX)`. On the file
+    /// transport ([`crate::transport::File`]), everything its spool holds, from its first
+    /// message.
+    pub fn from_start(self) -> Self {
+        self.history(u64::MAX)
+    }
+
     /// The name expected in the type fingerprint (see
     /// [`PublisherBuilder::type_name`](crate::PublisherBuilder::type_name)).
     pub fn type_name(mut self, name: &str) -> Self {
@@ -279,6 +286,8 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             notify,
             notify_slot,
             expected_len: T::fixed_size().map(|s| s as u32),
+            fingerprint: open.header.fingerprint(),
+            slot_size: open.geometry.slot_size,
             topic: self.topic.clone(),
             truncation: open.segment.truncation(),
             transport: self.bus.transport(),
@@ -323,7 +332,23 @@ impl OpenTopic {
         type_name: Option<&str>,
         topic: &str,
     ) -> Result<(), OpenError> {
-        let expected = T::fingerprint(type_name);
+        self.check_type_of(
+            T::fingerprint(type_name),
+            T::fixed_size(),
+            T::align(),
+            topic,
+        )
+    }
+
+    /// Refuse a topic whose messages are not of `expected` (of `fixed_size` bytes, if fixed,
+    /// aligned to `align`).
+    pub(crate) fn check_type_of(
+        &self,
+        expected: crate::layout::TypeFingerprint,
+        fixed_size: Option<usize>,
+        align: usize,
+        topic: &str,
+    ) -> Result<(), OpenError> {
         let found = self.header.fingerprint();
         if found != Some(expected) {
             return Err(OpenError::IncompatibleType {
@@ -335,8 +360,8 @@ impl OpenTopic {
         // The fingerprint matched, but a hostile header could still pair it with a geometry
         // that misaligns or undersizes `T`: check what in-place references rely on.
         let g = &self.geometry;
-        if let Some(size) = T::fixed_size() {
-            let align = T::align() as u32;
+        if let Some(size) = fixed_size {
+            let align = align as u32;
             if g.slot_size as usize != size
                 || g.payload_offset % align != 0
                 || g.slot_stride % align != 0
@@ -520,6 +545,11 @@ pub(crate) struct RingSubscriber<T: ?Sized> {
     notify_slot: *const NotifySlot,
     /// `Some(size_of::<T>())` for typed topics: every message must have exactly that length.
     expected_len: Option<u32>,
+    /// What the header says the topic carries (`None`: a payload kind this build does not
+    /// know, for an `any_type` subscriber).
+    fingerprint: Option<crate::layout::TypeFingerprint>,
+    /// The topic's largest message.
+    slot_size: u32,
     topic: String,
     /// Set if the segment is found truncated under this mapping (`crate::sigbus`).
     truncation: crate::sigbus::Flag,
@@ -1394,6 +1424,24 @@ impl<T: ?Sized> Subscriber<T> {
         match &self.imp {
             SubImp::Ring(s) => s.transport(),
             SubImp::Copy(s) => s.transport(),
+        }
+    }
+
+    /// What the topic says it carries: its publisher's type fingerprint. What an
+    /// [`any_type`](SubscriberBuilder::any_type) subscriber learns of the type it reads as
+    /// bytes. `None` for a ring topic whose payload kind this build does not know.
+    pub fn fingerprint(&self) -> Option<crate::layout::TypeFingerprint> {
+        match &self.imp {
+            SubImp::Ring(s) => s.fingerprint,
+            SubImp::Copy(s) => Some(s.fingerprint()),
+        }
+    }
+
+    /// The topic's largest message in bytes (its slot size; a typed topic's type size).
+    pub fn slot_size(&self) -> usize {
+        match &self.imp {
+            SubImp::Ring(s) => s.slot_size as usize,
+            SubImp::Copy(s) => s.slot_size() as usize,
         }
     }
 

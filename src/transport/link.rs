@@ -35,6 +35,9 @@ pub enum Ready {
     Yes,
     /// Some subscriber cannot, and the call was not to wait (or the deadline passed).
     Full,
+    /// A frame the transport could not write (a file transport's write that failed: no space
+    /// left, a file too large) is still pending; the publisher reports this error.
+    Failed(io::ErrorKind),
 }
 
 /// The subscribing end of a copying transport: frames from one publisher, checked.

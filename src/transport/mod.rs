@@ -13,7 +13,7 @@
 //! | [`Pipe`] | pipe, copying | one | a parent and the child it spawns |
 //! | [`Fifo`] | named pipe, copying | one | unrelated processes found by a path, no sockets |
 //! | [`MessageQueue`] | POSIX message queue, copying | one | small messages with kernel-kept boundaries |
-//! | [`File`] | append-only file, copying | any (each reads the file) | the simplest durable spool |
+//! | [`File`] | append-only file, copying | any (each reads the file) | the simplest durable spool: late subscribers read the past; record and replay ([`crate::journal`]) |
 //! | `Portable` | ring in `shared_memory` segments, `raw_sync` events (feature `portable`) | any | systems without futex or `shm_open` semantics |
 //!
 //! The ring transports are the bus of the crate's front page: a message is written in place
@@ -27,6 +27,7 @@
 //! subscriber whose buffer is full misses the message (it learns how many it missed from the
 //! sequence numbers: [`Subscriber::lost`](crate::Subscriber::lost)).
 
+pub mod file;
 pub mod frame;
 mod link;
 mod mqueue;
@@ -35,6 +36,7 @@ mod portable;
 mod tcp;
 mod unix;
 
+pub use file::File;
 pub use link::{FrameReceiver, FrameSender, Framed, Got, Ready, Received, Source};
 pub use mqueue::{MessageQueue, QueueLimit};
 #[cfg(feature = "portable")]
@@ -71,6 +73,13 @@ pub trait Transport: std::fmt::Debug + Send + Sync {
             transport: self.name(),
             what: format!("publishing {:?} through this call", endpoint.topic),
         })
+    }
+
+    /// Whether a subscriber may ask for history ([`Endpoint::history`]): a copying transport
+    /// that keeps what was published (a file) says so; the others are refused history before
+    /// [`Transport::subscribe`] is called.
+    fn keeps_history(&self) -> bool {
+        false
     }
 
     /// Open a subscribing end of topic `endpoint.topic` (a copying transport), waiting up to
@@ -215,6 +224,7 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+/// | `file:DIR` | [`File`] |
 /// | `mqueue` | [`MessageQueue`] (named in the kernel's message-queue namespace) |
 /// | `tcp:HOST:PORT` | [`Tcp`], with the token in `$SHMBUS_TCP_TOKEN` if that is set ([`TOKEN_ENV`]) |
 /// | `tcp:HOST:PORT#TOKEN` | [`Tcp`] with the token `TOKEN` (seen by every user in `ps`: prefer the variable) |
@@ -242,6 +252,7 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "tcp" => Box::new(Tcp::from_spec(rest)?),
         "mqueue" if rest.is_empty() => Box::new(MessageQueue::new()),
         "mqueue" => return Err(format!("transport {spec:?}: mqueue takes no argument")),
+        "file" => Box::new(File::new(need_dir("file")?)),
         #[cfg(feature = "portable")]
         "portable" if rest.is_empty() => Box::new(Portable::new()),
         #[cfg(not(feature = "portable"))]
@@ -252,7 +263,7 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         }
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT, mqueue)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT, mqueue, file:DIR, portable)"
             ))
         }
     })

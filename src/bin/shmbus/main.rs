@@ -3,7 +3,8 @@
 //! `shmbus demo` streams typed messages from a publisher process to a subscriber process and
 //! checks every one, then measures the round trip; `shmbus bench` measures shmbus beside the
 //! raw limits of the machine, in two pinned processes; `list`, `inspect`, `echo`, `pub` and
-//! `clean` look at a bus, its messages and its leftovers (`topics.rs`), `hz` and `top` at its
+//! `clean` look at a bus, its messages and its leftovers (`topics.rs`), `record` and `replay`
+//! keep a topic in a journal file and play it back (`journal.rs`), `hz` and `top` at its
 //! rates (`live.rs`), and `doctor` at the machine it runs on (`doctor.rs`). The hidden `__demo-subscriber` and
 //! `__bench-peer` subcommands are the child processes those two start by re-executing this
 //! binary; they are not for people.
@@ -15,6 +16,7 @@ mod bench;
 mod demo;
 mod doctor;
 mod error;
+mod journal;
 mod live;
 mod peer;
 mod stats;
@@ -53,6 +55,11 @@ enum Command {
     Echo(topics::EchoArgs),
     /// Publish test byte messages to a topic (creating it if it does not exist).
     Pub(topics::PubArgs),
+    /// Record a topic of any bus (any transport, any type) into a journal file.
+    Record(journal::RecordArgs),
+    /// Publish a journal's messages into a topic, at the recorded pace or as fast as the
+    /// subscribers take them; the topic has the recorded type.
+    Replay(journal::ReplayArgs),
     /// A topic's publish rate and, per subscriber, read rate, lag and losses, every interval.
     Hz(live::HzArgs),
     /// Every topic's publish rate, publishers, subscribers, largest lag and losses, every
@@ -84,6 +91,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => ("inspect", false, topics::inspect(args).map(ok)),
         Command::Echo(args) => ("echo", false, topics::echo(args).map(ok)),
         Command::Pub(args) => ("pub", false, topics::publish(args).map(ok)),
+        Command::Record(args) => ("record", false, journal::record(args).map(ok)),
+        Command::Replay(args) => ("replay", false, journal::replay(args).map(ok)),
         Command::Hz(args) => ("hz", false, live::hz(args).map(ok)),
         Command::Top(args) => ("top", false, live::top(args).map(ok)),
         Command::Clean(args) => ("clean", false, topics::clean(args).map(ok)),
