@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `SHBF` |
-//! | 4 | 1 | kind: 1 hello, 2 data, 3 close, 4 auth |
+//! | 4 | 1 | kind: 1 hello, 2 data, 3 close, 4 auth, 5 topic |
 //! | 5 | 1 | format version (1) |
 //! | 6 | 2 | flags (0) |
 //! | 8 | 4 | payload length in bytes |
@@ -18,7 +18,9 @@
 //! [`Hello`]: the full fingerprint, the publisher's pid and identity, the policy and the largest
 //! payload), then data frames, then a close frame when the publisher leaves cleanly; a
 //! connection that ends without a close is a publisher that died. A TCP subscriber speaks first
-//! when the publisher asks for a token: an auth frame whose payload is the token.
+//! when the publisher asks for a token: an auth frame whose payload is the token. Where no path
+//! names the topic (a pipe), a topic frame comes before the hello: its payload is the bus's
+//! prefix and the topic's name, which the subscriber compares with its own.
 //!
 //! Every byte here comes from another process, perhaps a hostile one: [`FrameHeader::decode`]
 //! and [`Hello::decode`] check every field, and the length is checked against the largest
@@ -48,6 +50,9 @@ pub enum FrameKind {
     Close = 3,
     /// A subscriber's token (TCP bound beyond loopback).
     Auth = 4,
+    /// The topic's name (`<prefix><topic>`), before the hello where no path names the topic
+    /// (a pipe).
+    Topic = 5,
 }
 
 impl FrameKind {
@@ -57,6 +62,7 @@ impl FrameKind {
             2 => FrameKind::Data,
             3 => FrameKind::Close,
             4 => FrameKind::Auth,
+            5 => FrameKind::Topic,
             _ => return None,
         })
     }

@@ -28,9 +28,11 @@
 
 pub mod frame;
 mod link;
+mod pipe;
 mod unix;
 
 pub use link::{FrameReceiver, FrameSender, Ready, Received};
+pub use pipe::{Direction, Pipe, PipeEnd, PipeEndError, PIPE_FD_VAR};
 pub use unix::Unix;
 
 use crate::error::{CreateError, OpenError};
@@ -201,6 +203,8 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+///
+/// A [`Pipe`] has no textual form: its end is inherited ([`Pipe::spawn`], [`Pipe::from_env`]).
 ///
 /// # Errors
 /// A message naming what is wrong with `spec`.
