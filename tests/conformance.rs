@@ -52,6 +52,7 @@ fn specs(tmp: &TempDir) -> Vec<String> {
         "shm".into(),
         format!("mmap:{}", tmp.sub("mmap")),
         format!("unix:{}", tmp.sub("unix")),
+        format!("fifo:{}", tmp.sub("fifo")),
     ]
 }
 

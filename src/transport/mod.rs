@@ -26,11 +26,13 @@
 //! subscriber whose buffer is full misses the message (it learns how many it missed from the
 //! sequence numbers: [`Subscriber::lost`](crate::Subscriber::lost)).
 
+mod fifo;
 pub mod frame;
 mod link;
 mod pipe;
 mod unix;
 
+pub use fifo::Fifo;
 pub use link::{FrameReceiver, FrameSender, Ready, Received};
 pub use pipe::{Direction, Pipe, PipeEnd, PipeEndError, PIPE_FD_VAR};
 pub use unix::Unix;
@@ -203,6 +205,7 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
+/// | `fifo:DIR` | [`Fifo`] |
 ///
 /// A [`Pipe`] has no textual form: its end is inherited ([`Pipe::spawn`], [`Pipe::from_env`]).
 ///
@@ -222,9 +225,10 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "shm" => Box::new(Shm::in_dir(rest)),
         "mmap" | "mmap-file" => Box::new(MmapFile::new(need_dir("mmap")?)),
         "unix" => Box::new(Unix::new(need_dir("unix")?)),
+        "fifo" => Box::new(Fifo::new(need_dir("fifo")?)),
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, fifo:DIR)"
             ))
         }
     })
