@@ -167,6 +167,17 @@ pub enum SegmentError {
         /// The largest acceptable.
         max: u64,
     },
+    /// The name is taken by another kind of file than the one expected (a regular file or a
+    /// directory where a FIFO transport keeps its FIFO, say): never used, never removed.
+    #[error("{name:?} is a {found}, not a {expected}; refusing to use it")]
+    WrongType {
+        /// The file's name.
+        name: String,
+        /// What was expected there.
+        expected: &'static str,
+        /// What is there.
+        found: &'static str,
+    },
     /// Another system call failed.
     #[error("{op} failed for segment {name:?}: {source}")]
     Io {

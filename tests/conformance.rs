@@ -57,6 +57,7 @@ fn specs(tmp: &TempDir) -> Vec<String> {
         format!("tcp:127.0.0.1:{}", common::free_tcp_port()),
         "mqueue".into(),
         format!("file:{}", tmp.sub("file")),
+        format!("fifo:{}", tmp.sub("fifo")),
     ];
     #[cfg(feature = "portable")]
     specs.push("portable".into());

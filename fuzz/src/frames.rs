@@ -56,7 +56,8 @@ struct HelloSpec {
 
 #[derive(Arbitrary, Debug)]
 struct FrameSpec {
-    /// 0..=3 data (mostly), 4 close, 5 hello, 6 an unknown kind.
+    /// 0..=3 data (mostly), 4 close, 5 hello, 6 and up a kind that does not belong (topic,
+    /// subscribe...) or none at all.
     kind: u8,
     len: u16,
     /// Added to the expected sequence number (0 most of the time).

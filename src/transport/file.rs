@@ -286,7 +286,7 @@ fn scan(fd: BorrowedFd<'_>, limit: u64, stop_at_data: Option<u64>) -> Result<Sca
                 out.data += 1;
             }
             FrameKind::Close => {}
-            FrameKind::Subscribe | FrameKind::Refuse => {
+            FrameKind::Subscribe | FrameKind::Refuse | FrameKind::Topic => {
                 return Err(bad(
                     off,
                     FrameError::UnexpectedKind {

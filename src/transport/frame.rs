@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `SHBF` |
-//! | 4 | 1 | kind: 1 hello, 2 data, 3 close, 4 subscribe, 5 refuse |
+//! | 4 | 1 | kind: 1 hello, 2 data, 3 close, 4 subscribe, 5 refuse, 6 topic |
 //! | 5 | 1 | format version (1) |
 //! | 6 | 2 | flags (0) |
 //! | 8 | 4 | payload length in bytes |
@@ -23,6 +23,9 @@
 //! subscribe frame (type hash, sequence and stamp 0) whose payload is a [`Subscribe`], the
 //! topic's full name and the token. The publisher answers with the topic's hello, or with a
 //! refuse frame (payload: a [`Refusal`]) and hangs up.
+//!
+//! Where no path names the topic (a pipe), a topic frame comes before the hello: its payload is
+//! the bus's prefix and the topic's name, which the subscriber compares with its own.
 //!
 //! Every byte here comes from another process, perhaps a hostile one: [`FrameHeader::decode`]
 //! and [`Hello::decode`] check every field, and the length is checked against the largest
@@ -62,6 +65,9 @@ pub enum FrameKind {
     Subscribe = 4,
     /// A TCP publisher's answer to a request it does not serve: a [`Refusal`]; it hangs up.
     Refuse = 5,
+    /// The topic's name (`<prefix><topic>`), before the hello where no path names the topic
+    /// (a pipe).
+    Topic = 6,
 }
 
 impl FrameKind {
@@ -72,6 +78,7 @@ impl FrameKind {
             3 => FrameKind::Close,
             4 => FrameKind::Subscribe,
             5 => FrameKind::Refuse,
+            6 => FrameKind::Topic,
             _ => return None,
         })
     }

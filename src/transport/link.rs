@@ -200,7 +200,6 @@ impl FanOut {
     }
 
     /// A fan-out over one fixed link (a pipe, a FIFO, a queue).
-    #[allow(dead_code)] // for the one-subscriber transports, coming next
     pub fn single(link: Box<dyn Link>, guard: Box<dyn Send>) -> Self {
         let arrivals = Arc::new(Arrivals::default());
         arrivals.push(link);
@@ -442,7 +441,6 @@ pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Resul
 }
 
 /// Read from a non-blocking descriptor: 0 bytes is the end, `EAGAIN` nothing.
-#[allow(dead_code)] // for the pipe transports, coming next
 pub fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Got> {
     match rustix::io::read(fd, buf) {
         Ok(0) => Ok(Got::End),
@@ -793,7 +791,6 @@ impl FdLink {
         Self { fd, socket: true }
     }
     /// A pipe link (non-blocking already).
-    #[allow(dead_code)] // for the pipe transports, coming next
     pub fn pipe(fd: std::os::fd::OwnedFd) -> Self {
         Self { fd, socket: false }
     }

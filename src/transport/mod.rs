@@ -27,18 +27,22 @@
 //! subscriber whose buffer is full misses the message (it learns how many it missed from the
 //! sequence numbers: [`Subscriber::lost`](crate::Subscriber::lost)).
 
+mod fifo;
 pub mod file;
 pub mod frame;
 mod link;
 mod mqueue;
+mod pipe;
 #[cfg(feature = "portable")]
 mod portable;
 mod tcp;
 mod unix;
 
+pub use fifo::Fifo;
 pub use file::File;
 pub use link::{FrameReceiver, FrameSender, Framed, Got, Ready, Received, Source};
 pub use mqueue::{MessageQueue, QueueLimit};
+pub use pipe::{Direction, Pipe, PipeEnd, PipeEndError, PIPE_FD_VAR};
 #[cfg(feature = "portable")]
 pub use portable::Portable;
 pub use tcp::{ListenError, Tcp, TOKEN_ENV};
@@ -224,14 +228,16 @@ impl Transport for MmapFile {
 /// | `shm` or `shm:DIR` | [`Shm`] (in `/dev/shm`, or in `DIR`) |
 /// | `mmap:DIR` | [`MmapFile`] |
 /// | `unix:DIR` | [`Unix`] |
-/// | `file:DIR` | [`File`] |
-/// | `mqueue` | [`MessageQueue`] (named in the kernel's message-queue namespace) |
 /// | `tcp:HOST:PORT` | [`Tcp`], with the token in `$SHMBUS_TCP_TOKEN` if that is set ([`TOKEN_ENV`]) |
 /// | `tcp:HOST:PORT#TOKEN` | [`Tcp`] with the token `TOKEN` (seen by every user in `ps`: prefer the variable) |
+/// | `fifo:DIR` | [`Fifo`] |
+/// | `mqueue` | [`MessageQueue`] (named in the kernel's message-queue namespace) |
+/// | `file:DIR` | [`File`] |
+/// | `portable` | `Portable` (built with `--features portable`; an error without it) |
 ///
 /// `HOST` is an IP address (`127.0.0.1`, `[::1]`) or a name resolved at each publish and
-/// subscribe.
-/// | `portable` | `Portable` (built with `--features portable`; an error without it) |
+/// subscribe. A [`Pipe`] has no textual form: its end is inherited ([`Pipe::spawn`],
+/// [`Pipe::from_env`]).
 ///
 /// # Errors
 /// A message naming what is wrong with `spec`.
@@ -253,6 +259,7 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         "mqueue" if rest.is_empty() => Box::new(MessageQueue::new()),
         "mqueue" => return Err(format!("transport {spec:?}: mqueue takes no argument")),
         "file" => Box::new(File::new(need_dir("file")?)),
+        "fifo" => Box::new(Fifo::new(need_dir("fifo")?)),
         #[cfg(feature = "portable")]
         "portable" if rest.is_empty() => Box::new(Portable::new()),
         #[cfg(not(feature = "portable"))]
@@ -263,7 +270,7 @@ pub fn parse(spec: &str) -> Result<Box<dyn Transport>, String> {
         }
         _ => {
             return Err(format!(
-                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT, mqueue, file:DIR, portable)"
+                "unknown transport {spec:?} (shm, mmap:DIR, unix:DIR, tcp:HOST:PORT, fifo:DIR, mqueue, file:DIR, portable)"
             ))
         }
     })

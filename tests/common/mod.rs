@@ -150,6 +150,33 @@ pub fn exit_child(code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// The command that runs the test binary as a child in `role` with `args`, its output piped:
+/// for a test that must spawn it through another API, which then hands the child to
+/// [`ChildProc::adopt`].
+pub fn child_command(role: &str, args: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary's path"));
+    configure(&mut cmd, role, args);
+    cmd
+}
+
+/// Make `cmd` (the test binary, or a wrapper of it) run the child entry in `role`.
+fn configure(cmd: &mut Command, role: &str, args: &[(&str, &str)]) {
+    cmd.args([
+        CHILD_ENTRY,
+        "--exact",
+        "--nocapture",
+        "--quiet",
+        "--test-threads=1",
+    ])
+    .env(CHILD_VAR, role)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in args {
+        cmd.env(format!("{ARG_VAR}{}", k.to_uppercase()), v);
+    }
+}
+
 /// A child process: the test binary re-executed in a role, under a watchdog.
 pub struct ChildProc {
     child: Child,
@@ -242,21 +269,13 @@ impl ChildProc {
             }
             _ => Command::new(&exe),
         };
-        cmd.args([
-            CHILD_ENTRY,
-            "--exact",
-            "--nocapture",
-            "--quiet",
-            "--test-threads=1",
-        ])
-        .env(CHILD_VAR, role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        for (k, v) in args {
-            cmd.env(format!("{ARG_VAR}{}", k.to_uppercase()), v);
-        }
-        let mut child = cmd.spawn().expect("spawn the child");
+        configure(&mut cmd, role, args);
+        Self::adopt(cmd.spawn().expect("spawn the child"), role)
+    }
+
+    /// Watch a child started from [`child_command`] by another API (tests/transport_pipe.rs:
+    /// `Pipe::spawn`), as [`ChildProc::spawn`] watches its own.
+    pub fn adopt(mut child: Child, role: &str) -> Self {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
