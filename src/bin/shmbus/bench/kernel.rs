@@ -5,7 +5,8 @@
 //!   `pipe-64B` (a pipe each way) and `unix-socket-64B` (a stream socket pair);
 //! - the limits of the transport rows (`transport.rs`), each the primitive its transport
 //!   wraps: `raw-seqpacket-64B` (a Unix seqpacket socket pair), `raw-tcp-64B` (a loopback
-//!   connection, `TCP_NODELAY` on both ends), `raw-mqueue-64B` (two POSIX message queues of
+//!   connection, `TCP_NODELAY` on both ends; `raw-tcp-2conn-64B` the same over two
+//!   connections, one each way, as the two topics of a round trip are), `raw-mqueue-64B` (two POSIX message queues of
 //!   the system's depth, `mq_send` and `mq_receive`), `raw-pipe-64B` (as `pipe-64B`, the
 //!   FIFO's limit), `raw-file-64B` (a file each way in the run's directory, appended with
 //!   `write` and read with `pread`; a file has no blocking read, so the reader sleeps on
@@ -53,6 +54,8 @@ enum Prim {
     StreamSocket,
     Seqpacket,
     Tcp,
+    /// Two connections: the ping on one, the pong on the other.
+    TcpPair,
     Mqueue,
     File,
 }
@@ -75,6 +78,7 @@ fn prim(name: &str) -> Option<(Prim, bool)> {
         "raw-seqpacket-stream-64B" => (Prim::Seqpacket, true),
         "raw-tcp-64B" => (Prim::Tcp, false),
         "raw-tcp-stream-64B" => (Prim::Tcp, true),
+        "raw-tcp-2conn-64B" => (Prim::TcpPair, false),
         "raw-mqueue-64B" => (Prim::Mqueue, false),
         "raw-mqueue-stream-64B" => (Prim::Mqueue, true),
         "raw-file-64B" => (Prim::File, false),
@@ -135,18 +139,21 @@ fn make_ends(ctx: &Ctx, name: &str, p: Prim, stream: bool) -> Result<Ends> {
             }
         }
         Prim::Tcp => {
-            let listener =
-                TcpListener::bind("127.0.0.1:0").context("listening on a loopback port")?;
-            let ours =
-                TcpStream::connect(listener.local_addr()?).context("connecting on loopback")?;
-            let (theirs, _) = listener.accept().context("accepting on loopback")?;
-            ours.set_nodelay(true).context("setting TCP_NODELAY")?;
-            theirs.set_nodelay(true).context("setting TCP_NODELAY")?;
+            let (ours, theirs) = tcp_pair()?;
             let reader = ours.try_clone().context("duplicating a socket")?;
             Ends {
                 to_child: Box::new(ours),
                 from_child: (!stream).then(|| Box::new(reader) as Box<dyn Read + Send>),
                 theirs: vec![theirs.into()],
+            }
+        }
+        Prim::TcpPair => {
+            let (down, down_theirs) = tcp_pair()?;
+            let (up, up_theirs) = tcp_pair()?;
+            Ends {
+                to_child: Box::new(down),
+                from_child: Some(Box::new(up)),
+                theirs: vec![down_theirs.into(), up_theirs.into()],
             }
         }
         Prim::Mqueue => {
@@ -195,6 +202,16 @@ fn make_ends(ctx: &Ctx, name: &str, p: Prim, stream: bool) -> Result<Ends> {
             }
         }
     })
+}
+
+/// A loopback TCP connection, `TCP_NODELAY` on both ends: this process's end, the other.
+fn tcp_pair() -> Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("listening on a loopback port")?;
+    let ours = TcpStream::connect(listener.local_addr()?).context("connecting on loopback")?;
+    let (theirs, _) = listener.accept().context("accepting on loopback")?;
+    ours.set_nodelay(true).context("setting TCP_NODELAY")?;
+    theirs.set_nodelay(true).context("setting TCP_NODELAY")?;
+    Ok((ours, theirs))
 }
 
 /// Starts the peer for `case`, passing it `fds` (in order) by number.
@@ -354,6 +371,10 @@ pub fn kernel_peer(ctl: &mut Control, case: &str, fds: &[RawFd]) -> Result<()> {
             let writer = socket.try_clone().context("duplicating a socket")?;
             (Box::new(socket), Some(Box::new(writer)))
         }
+        Prim::TcpPair => (
+            Box::new(TcpStream::from(take(0)?)),
+            Some(Box::new(TcpStream::from(take(1)?))),
+        ),
         Prim::Mqueue => (
             Box::new(Queue::inherit(take(0)?)),
             if stream {

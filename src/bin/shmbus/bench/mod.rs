@@ -67,6 +67,8 @@ driven with bare blocking calls and no framing:
                                                                  raw-seqpacket-stream-64B
   tcp-64B, tcp-stream-64B        loopback, TCP_NODELAY           limit raw-tcp-64B,
                                                                  raw-tcp-stream-64B
+  raw-tcp-2conn-64B              beside tcp-64B: the bare ping-pong over two connections, one
+                                 each way, as two topics are (no answer carries the ACK)
   mqueue-64B, mqueue-stream-64B  two queues of the system's depth limit raw-mqueue-64B,
                                                                  raw-mqueue-stream-64B
   mmap-poll-64B                  the ring in a file on disk      limit shm-poll-64B
@@ -365,11 +367,12 @@ impl LatencyGroup {
 
     /// A transport row's group: its case, then its limit.
     fn row(row: &transport::Row) -> LatencyGroup {
+        let series = row.latency_series();
         LatencyGroup {
             title: row.title,
-            series: row.group().to_vec(),
             limit: Some(1),
-            cases: vec![true, false],
+            cases: (0..series.len()).map(|k| k == 0).collect(),
+            series,
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct Row {
     pub limit: &'static str,
     /// What the group shows (the title of its panel in the plot).
     pub title: &'static str,
+    /// More series measured in the same group, each reported against the case (as the pipe
+    /// and the socket are against the blocking shm case): what explains the gap to the limit.
+    pub also: &'static [&'static str],
 }
 
 /// The transport rows. The fifo and file rows wait for those transports: until `parse`
@@ -67,6 +70,7 @@ pub const ROWS: &[Row] = &[
         case: "unix-64B",
         limit: "raw-seqpacket-64B",
         title: "unix: 64-byte round trip, blocking receive, beside a bare seqpacket socket pair",
+        also: &[],
     },
     Row {
         transport: "unix",
@@ -75,6 +79,7 @@ pub const ROWS: &[Row] = &[
         case: "unix-stream-64B",
         limit: "raw-seqpacket-stream-64B",
         title: "unix: one-way stream beside a bare seqpacket socket pair",
+        also: &[],
     },
     Row {
         transport: "tcp",
@@ -83,6 +88,10 @@ pub const ROWS: &[Row] = &[
         case: "tcp-64B",
         limit: "raw-tcp-64B",
         title: "tcp: 64-byte round trip on loopback, beside a bare TCP_NODELAY connection",
+        // Two topics are two connections, each carrying data one way: every message is
+        // acknowledged by a segment of its own, where one connection used both ways carries
+        // the acknowledgement on the answer.
+        also: &["raw-tcp-2conn-64B"],
     },
     Row {
         transport: "tcp",
@@ -91,6 +100,7 @@ pub const ROWS: &[Row] = &[
         case: "tcp-stream-64B",
         limit: "raw-tcp-stream-64B",
         title: "tcp: one-way stream on loopback beside a bare TCP_NODELAY connection",
+        also: &[],
     },
     Row {
         transport: "mqueue",
@@ -99,6 +109,7 @@ pub const ROWS: &[Row] = &[
         case: "mqueue-64B",
         limit: "raw-mqueue-64B",
         title: "mqueue: 64-byte round trip beside bare mq_send/mq_receive on two queues",
+        also: &[],
     },
     Row {
         transport: "mqueue",
@@ -107,6 +118,7 @@ pub const ROWS: &[Row] = &[
         case: "mqueue-stream-64B",
         limit: "raw-mqueue-stream-64B",
         title: "mqueue: one-way stream beside bare mq_send/mq_receive",
+        also: &[],
     },
     Row {
         transport: "mmap",
@@ -115,6 +127,7 @@ pub const ROWS: &[Row] = &[
         case: "mmap-poll-64B",
         limit: "shm-poll-64B",
         title: "mmap: the ring in a file on disk, polling, beside the same ring in /dev/shm",
+        also: &[],
     },
     Row {
         transport: "mmap",
@@ -123,6 +136,7 @@ pub const ROWS: &[Row] = &[
         case: "mmap-futex-nospin-64B",
         limit: "shm-futex-nospin-64B",
         title: "mmap: the ring in a file on disk, futex wait, beside the same ring in /dev/shm",
+        also: &[],
     },
     Row {
         transport: "mmap",
@@ -131,6 +145,7 @@ pub const ROWS: &[Row] = &[
         case: "mmap-stream-64B",
         limit: "shm-stream-64B",
         title: "mmap: one-way stream beside the same ring in /dev/shm",
+        also: &[],
     },
     Row {
         transport: "fifo",
@@ -139,6 +154,7 @@ pub const ROWS: &[Row] = &[
         case: "fifo-64B",
         limit: "raw-pipe-64B",
         title: "fifo: 64-byte round trip, blocking receive, beside a bare pipe",
+        also: &[],
     },
     Row {
         transport: "fifo",
@@ -147,6 +163,7 @@ pub const ROWS: &[Row] = &[
         case: "fifo-stream-64B",
         limit: "raw-pipe-stream-64B",
         title: "fifo: one-way stream beside a bare pipe",
+        also: &[],
     },
     Row {
         transport: "file",
@@ -155,6 +172,7 @@ pub const ROWS: &[Row] = &[
         case: "file-64B",
         limit: "raw-file-64B",
         title: "file: 64-byte round trip through a spool, beside a bare write and read of a file",
+        also: &[],
     },
     Row {
         transport: "file",
@@ -163,6 +181,7 @@ pub const ROWS: &[Row] = &[
         case: "file-stream-64B",
         limit: "raw-file-stream-64B",
         title: "file: one-way stream through a spool, beside a bare write and read of a file",
+        also: &[],
     },
 ];
 
@@ -191,6 +210,13 @@ impl Row {
     /// The case and its limit, in the order the group runs them.
     pub fn group(&self) -> [&'static str; 2] {
         [self.case, self.limit]
+    }
+
+    /// The case, its limit and the other series of its latency group.
+    pub fn latency_series(&self) -> Vec<&'static str> {
+        let mut series = self.group().to_vec();
+        series.extend_from_slice(self.also);
+        series
     }
 }
 
