@@ -18,7 +18,8 @@
 //! Every read and write blocks: no poll before a read, nothing but the call itself. Each
 //! object is private (socket pairs, an accepted connection, queues unlinked before the child
 //! starts, files in the run's 0700 directory) and reaches the child as an inherited
-//! descriptor.
+//! descriptor. This module must never leave a name on the system, nor hand an object to
+//! any process but its own child.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
