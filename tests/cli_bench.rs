@@ -1,8 +1,10 @@
 //! `shmbus bench` run as a user runs it, kept short for CI's two cores: one latency group
 //! (`--only shm-poll-8B`: the case, its limit and the two-line primitive) in the quick form,
 //! with `--plot`, whose file must be an SVG that parses and draws each series of the group.
-//! And the `--plot` mistakes said before anything runs. No test here looks at a figure: the
-//! harness measures, tests check behaviour.
+//! And the `--plot` mistakes said before anything runs. One transport's rows (`--only unix`:
+//! the library over Unix seqpacket sockets beside a bare seqpacket socket pair, a round trip
+//! and a stream) print their ratios in the table and the JSON lines, and leave nothing behind.
+//! No test here looks at a figure: the harness measures, tests check behaviour.
 
 mod common;
 
@@ -43,6 +45,11 @@ impl Drop for TempFile {
 /// Runs `shmbus args...` to its end, its output in files (no pipe to fill), killed and failed
 /// if it outlives the watchdog.
 fn shmbus(args: &[&str]) -> Output {
+    shmbus_with_pid(args).0
+}
+
+/// As [`shmbus`], with the process id it ran as.
+fn shmbus_with_pid(args: &[&str]) -> (Output, u32) {
     let out = TempFile::new("stdout");
     let err = TempFile::new("stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
@@ -52,6 +59,7 @@ fn shmbus(args: &[&str]) -> Output {
         .stderr(File::create(&err.0).unwrap())
         .spawn()
         .expect("start shmbus");
+    let pid = child.id();
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -64,11 +72,12 @@ fn shmbus(args: &[&str]) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
+    let output = Output {
         status,
         stdout: std::fs::read(&out.0).unwrap(),
         stderr: std::fs::read(&err.0).unwrap(),
-    }
+    };
+    (output, pid)
 }
 
 fn path_str(path: &Path) -> &str {
@@ -185,4 +194,78 @@ fn plot_mistakes_are_said_before_the_run() {
             missing.display()
         )
     );
+}
+
+#[test]
+fn bench_runs_one_transports_rows() {
+    let json = TempFile::new("out.jsonl");
+    let args = [
+        "bench",
+        "--quick",
+        "--only",
+        "unix",
+        "--out",
+        path_str(&json.0),
+    ];
+    let (out, pid) = shmbus_with_pid(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "shmbus {args:?} failed: {stderr}");
+    // A transport's name selects its rows, not every case whose name holds it (the futex
+    // group's unix-socket-64B).
+    assert!(
+        stderr.contains("bench: [1/2] unix-64B | raw-seqpacket-64B"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bench: [2/2] unix-stream-64B | raw-seqpacket-stream-64B"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("unix-socket-64B"), "{stdout}");
+
+    // The table: each row beside its limit, its ratio in the last column.
+    let ratio_of = |prefix: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row {prefix:?} in {stdout}"));
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        cells.last().unwrap().parse().expect("a ratio")
+    };
+    assert!(ratio_of("| unix-64B | raw-seqpacket-64B |") > 0.0);
+    assert!(ratio_of("| unix-stream-64B | raw-seqpacket-stream-64B |") > 0.0);
+
+    // The JSON lines: one object per case, with its limit and ratio.
+    let text = std::fs::read_to_string(&json.0).expect("the --out file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let latency = &lines[0];
+    assert_eq!(latency["kind"], "latency");
+    assert_eq!(latency["case"], "unix-64B");
+    assert_eq!(latency["limit"], "raw-seqpacket-64B");
+    assert_eq!(latency["payload_bytes"], 64);
+    assert_eq!(latency["round_trips"], 10_000);
+    assert!(latency["ratio_p50"].as_f64().unwrap() > 0.0);
+    assert!(latency["limit_p50_ns"].as_u64().unwrap() > 0);
+    let stream = &lines[1];
+    assert_eq!(stream["kind"], "throughput");
+    assert_eq!(stream["case"], "unix-stream-64B");
+    assert_eq!(stream["limit"], "raw-seqpacket-stream-64B");
+    // A tenth of --quick's 2*10^6: a copying transport's share.
+    assert_eq!(stream["messages"], 200_000);
+    assert!(stream["ratio"].as_f64().unwrap() > 0.0);
+    assert!(stream["msgs_per_s"].as_f64().unwrap() > 0.0);
+
+    // Its directory (the sockets) is gone with it.
+    let run = format!("shmbus-bench-{pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&run))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -65,7 +65,7 @@ pub fn remove_stale(head: &str) -> usize {
 }
 
 /// Whether process `pid` has ended: it does not exist, or it is a zombie nobody reaped yet.
-fn is_gone(pid: Pid) -> bool {
+pub fn is_gone(pid: Pid) -> bool {
     // Signal 0 checks that the process exists without touching it.
     if let Err(rustix::io::Errno::SRCH) = rustix::process::test_kill_process(pid) {
         return true;

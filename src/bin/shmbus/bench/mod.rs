@@ -6,12 +6,17 @@
 //! the next. Two processes, pinned to two CPUs: the parent measures, and each series has a
 //! child of its own, this binary run as `__bench-peer <case>`, which sleeps on its command
 //! pipe while another series runs. The harness never asserts a time.
+//!
+//! The transport rows (`transport.rs`) put the same API over each transport beside the raw
+//! primitive the transport wraps (`kernel.rs`), or, for the memory-mapped file, beside the
+//! same case on shared memory: a group of two per row, built from its table.
 
 mod kernel;
 mod plot;
 mod raw;
 mod report;
 mod shm;
+mod transport;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -52,7 +57,29 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-overwrite-publish-8sub-64B the Overwrite publisher's rate  limit the same with 1 sub
                                  with 8 subscribers copying (back to back: they are lapped)
   shm-overwrite-burst-8sub-64B   the same in bursts of 64 with   limit the same with 1 sub
-                                 pauses (subscribers keep pace)";
+                                 pauses (subscribers keep pace)
+
+Transport rows (--only transport: all of them; --only unix, tcp, mqueue, mmap, fifo, file:
+one transport's). The library's Publisher and Subscriber over each transport, 64-byte
+messages, a subscriber that sleeps in the kernel, beside the primitive the transport wraps
+driven with bare blocking calls and no framing:
+  unix-64B, unix-stream-64B      round trip, one-way stream      limit raw-seqpacket-64B,
+                                                                 raw-seqpacket-stream-64B
+  tcp-64B, tcp-stream-64B        loopback, TCP_NODELAY           limit raw-tcp-64B,
+                                                                 raw-tcp-stream-64B
+  raw-tcp-2conn-64B              beside tcp-64B: the bare ping-pong over two connections, one
+                                 each way, as two topics are (no answer carries the ACK)
+  mqueue-64B, mqueue-stream-64B  two queues of the system's depth limit raw-mqueue-64B,
+                                                                 raw-mqueue-stream-64B
+  mmap-poll-64B                  the ring in a file on disk      limit shm-poll-64B
+  mmap-futex-nospin-64B          (pages resident), beside the    limit shm-futex-nospin-64B
+  mmap-stream-64B                same case on /dev/shm           limit shm-stream-64B
+  fifo-64B, fifo-stream-64B      once the build has fifo:DIR     limit raw-pipe-64B,
+                                                                 raw-pipe-stream-64B
+  file-64B, file-stream-64B      once the build has file:DIR     limit raw-file-64B (write,
+                                 (a spool)                       inotify, pread), -stream-64B
+A full run measures every row; --quick without --only measures only unix-64B (a smoke
+check). The copying transports' streams carry a tenth of --messages.";
 
 /// Slots in the rings of the throughput cases, shmbus and raw alike.
 pub const STREAM_CAPACITY: usize = 1024;
@@ -75,7 +102,7 @@ const WATCHDOG_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A short run: 10^4 round trips per latency case and 2*10^6 messages per throughput case
-    /// (well under a minute on 2 CPUs).
+    /// (well under a minute on 2 CPUs). Without --only, of the transport rows only unix-64B.
     #[arg(long)]
     quick: bool,
     /// Print JSON lines (one object per case) on stdout instead of the markdown table.
@@ -97,7 +124,8 @@ pub struct BenchArgs {
     /// The least number of blocks each case is split into, interleaved with its limit.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     blocks: u64,
-    /// Run only the groups with a case whose name contains TEXT (repeatable).
+    /// Run only the groups with a case whose name contains TEXT (repeatable). `transport`, or
+    /// a transport's name (unix, tcp, mqueue, mmap, fifo, file), selects those transport rows.
     #[arg(long, value_name = "TEXT")]
     only: Vec<String>,
     /// The two CPUs to pin the processes to, as PARENT,CHILD [default: the first two allowed].
@@ -123,6 +151,12 @@ pub struct PeerArgs {
     /// The bus's segment-name prefix, for the shmbus cases.
     #[arg(long, default_value = "")]
     prefix: String,
+    /// The run's directory, for the transport rows.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The transport of the parent's topic, for a transport row.
+    #[arg(long, default_value = "")]
+    spec: String,
 }
 
 /// A latency series: runs blocks of round trips.
@@ -156,6 +190,8 @@ pub struct Ctx {
     prefix: String,
     cpus: Option<CpuPair>,
     watchdog: watchdog::Handle,
+    /// The run's directory, when a transport row runs.
+    dir: Option<transport::RunDir>,
 }
 
 impl Ctx {
@@ -169,6 +205,9 @@ impl Ctx {
         ];
         if let Some(cpus) = self.cpus {
             args.extend(["--cpu".to_string(), cpus.child.to_string()]);
+        }
+        if let Some(dir) = &self.dir {
+            args.extend(["--dir".to_string(), dir.path().display().to_string()]);
         }
         args.extend_from_slice(extra);
         Peer::spawn(&format!("the {case} peer"), &args, Some(&self.watchdog))
@@ -288,16 +327,61 @@ const OVERWRITE: &[&str] = &[
     "shm-overwrite-burst-8sub-64B",
 ];
 
+/// A series' message size, and whether it spins: from [`SERIES`], or for a transport row's
+/// case and the kernel limits, 64 bytes, spinning only on the ring when it polls.
 fn series(name: &str) -> (usize, bool) {
-    SERIES
-        .iter()
-        .find(|s| s.0 == name)
-        .map_or((0, false), |s| (s.1, s.2))
+    if let Some(s) = SERIES.iter().find(|s| s.0 == name) {
+        return (s.1, s.2);
+    }
+    if let Some(row) = transport::row(name) {
+        return (shm::MSG64_LEN, !row.copying() && !name.contains("-futex"));
+    }
+    if kernel::is_kernel_case(name) {
+        return (kernel::PAYLOAD, false);
+    }
+    (0, false)
+}
+
+/// A latency group as it runs: its series, which is the limit, and which are cases.
+struct LatencyGroup {
+    /// The title of its panel in the plot.
+    title: &'static str,
+    series: Vec<&'static str>,
+    /// The limit of every case of the group.
+    limit: Option<usize>,
+    /// Which series are cases, each a row beside the limit; the others are alternatives a
+    /// user might pick instead, reported against series 0.
+    cases: Vec<bool>,
+}
+
+impl LatencyGroup {
+    /// A group of [`LATENCY_GROUPS`]: the `raw-*` series is the limit, `shm-*` the cases.
+    fn ring(title: &'static str, series: &[&'static str]) -> LatencyGroup {
+        LatencyGroup {
+            title,
+            series: series.to_vec(),
+            limit: series.iter().position(|n| n.starts_with("raw-")),
+            cases: series.iter().map(|n| n.starts_with("shm-")).collect(),
+        }
+    }
+
+    /// A transport row's group: its case, then its limit.
+    fn row(row: &transport::Row) -> LatencyGroup {
+        let series = row.latency_series();
+        LatencyGroup {
+            title: row.title,
+            limit: Some(1),
+            cases: (0..series.len()).map(|k| k == 0).collect(),
+            series,
+        }
+    }
 }
 
 fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
     use shm::{Msg1K, Msg4K, Msg64, Msg64K, Msg8, ShmPingPong};
     Ok(match name {
+        _ if kernel::is_kernel_case(name) => Box::new(kernel::KernelPingPong::start(ctx, name)?),
+        _ if transport::row(name).is_some() => Box::new(ShmPingPong::<Msg64>::start(ctx, name)?),
         "shm-poll-8B" => Box::new(ShmPingPong::<Msg8>::start(ctx, name)?),
         _ if PING_PONG_64B.contains(&name) => Box::new(ShmPingPong::<Msg64>::start(ctx, name)?),
         "shm-poll-1KiB-write8" => Box::new(ShmPingPong::<Msg1K>::start(ctx, name)?),
@@ -305,8 +389,6 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
         "shm-poll-64KiB-write8" => Box::new(ShmPingPong::<Msg64K>::start(ctx, name)?),
         "raw-cacheline" | "raw-two-lines" => Box::new(raw::CacheLine::start(ctx, name)?),
         "raw-futex" => Box::new(raw::Futex::start(ctx)?),
-        "pipe-64B" => Box::new(kernel::KernelPingPong::start_pipe(ctx)?),
-        "unix-socket-64B" => Box::new(kernel::KernelPingPong::start_unix(ctx)?),
         _ => bail!("unknown latency case {name}"),
     })
 }
@@ -314,6 +396,8 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
 fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
     use shm::{Msg64, Msg8, ShmOverwrite, ShmStream};
     Ok(match name {
+        _ if kernel::is_kernel_case(name) => Box::new(kernel::KernelStream::start(ctx, name)?),
+        _ if transport::row(name).is_some() => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
         "shm-stream-8B" | "shm-stream-slip-8B" => Box::new(ShmStream::<Msg8>::start(ctx, name)?),
         "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
             Box::new(ShmStream::<Msg64>::start(ctx, name)?)
@@ -339,31 +423,40 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
             .ok_or_else(|| Error::msg(format!("{}: missing --fd", args.case)))
     };
     let case = args.case.as_str();
+    let shm_bus = peer_bus(&args)?;
+    let place = transport::Place {
+        shm: &shm_bus,
+        row: transport::row(case),
+        dir: args.dir.as_deref(),
+        prefix: &args.prefix,
+    };
+    let spec = args.spec.as_str();
     match case {
+        _ if kernel::is_kernel_case(case) => kernel::kernel_peer(&mut ctl, case, &args.fd),
+        _ if place
+            .row
+            .is_some_and(|r| r.kind == transport::Kind::Latency) =>
+        {
+            shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &place, case, spec)
+        }
+        _ if place.row.is_some() => shm::stream_peer::<shm::Msg64>(&mut ctl, &place, case, spec),
         "raw-cacheline" | "raw-two-lines" => raw::cacheline_peer(&mut ctl, fd(0)?, case),
         "raw-futex" => raw::futex_peer(&mut ctl, fd(0)?),
         "raw-ring-8B" => raw::raw_ring_peer::<1>(&mut ctl, fd(0)?),
         "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),
-        "pipe-64B" | "unix-socket-64B" => kernel::kernel_peer(&mut ctl, case, &args.fd),
-        "shm-poll-8B" => shm::ping_pong_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case),
+        "shm-poll-8B" => shm::ping_pong_peer::<shm::Msg8>(&mut ctl, &place, case, spec),
         _ if PING_PONG_64B.contains(&case) => {
-            shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
+            shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &place, case, spec)
         }
-        "shm-poll-1KiB-write8" => {
-            shm::ping_pong_peer::<shm::Msg1K>(&mut ctl, &peer_bus(&args)?, case)
-        }
-        "shm-poll-4KiB-write8" => {
-            shm::ping_pong_peer::<shm::Msg4K>(&mut ctl, &peer_bus(&args)?, case)
-        }
-        "shm-poll-64KiB-write8" => {
-            shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &peer_bus(&args)?, case)
-        }
-        _ if OVERWRITE.contains(&case) => shm::overwrite_peer(&mut ctl, &peer_bus(&args)?, case),
+        "shm-poll-1KiB-write8" => shm::ping_pong_peer::<shm::Msg1K>(&mut ctl, &place, case, spec),
+        "shm-poll-4KiB-write8" => shm::ping_pong_peer::<shm::Msg4K>(&mut ctl, &place, case, spec),
+        "shm-poll-64KiB-write8" => shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &place, case, spec),
+        _ if OVERWRITE.contains(&case) => shm::overwrite_peer(&mut ctl, &shm_bus, case),
         "shm-stream-8B" | "shm-stream-slip-8B" => {
-            shm::stream_peer::<shm::Msg8>(&mut ctl, &peer_bus(&args)?, case)
+            shm::stream_peer::<shm::Msg8>(&mut ctl, &place, case, spec)
         }
         "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
-            shm::stream_peer::<shm::Msg64>(&mut ctl, &peer_bus(&args)?, case)
+            shm::stream_peer::<shm::Msg64>(&mut ctl, &place, case, spec)
         }
         _ => bail!("unknown case {case:?}"),
     }
@@ -480,24 +573,92 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .messages
         .unwrap_or(if args.quick { 2_000_000 } else { 20_000_000 });
     let warm_up = (round_trips / 10).max(1_000);
-    let selected = |names: &[&str]| {
-        args.only.is_empty()
-            || names
-                .iter()
-                .any(|n| args.only.iter().any(|o| n.contains(o.as_str())))
+    // `--only unix` names a transport: its rows, not every case whose name holds "unix".
+    let (words, texts): (Vec<&str>, Vec<&str>) = args
+        .only
+        .iter()
+        .map(String::as_str)
+        .partition(|o| transport::is_transport_word(o));
+    let named = |names: &[&str]| names.iter().any(|n| texts.iter().any(|o| n.contains(o)));
+    let selected = |names: &[&str]| args.only.is_empty() || named(names);
+    // A transport row: by its transport, or by its case's name (not its limit's: `--only
+    // shm-poll` means the ring's groups, not the memory-mapped file's beside them).
+    let row_selected = |k: usize, row: &transport::Row| {
+        if args.only.is_empty() {
+            // CI's smoke run: one transport row.
+            return !args.quick || k == 0;
+        }
+        words
+            .iter()
+            .any(|w| *w == "transport" || *w == row.transport)
+            || named(&[row.case])
     };
-    let latency_groups: Vec<(&str, &[&str])> = LATENCY_GROUPS
+    let mut notes = Vec::new();
+    let mut rows = Vec::new();
+    let mut unavailable = Vec::new();
+    for (k, row) in transport::ROWS.iter().enumerate() {
+        if !row_selected(k, row) {
+            continue;
+        }
+        match row.unavailable() {
+            None => rows.push(row),
+            Some(_) => unavailable.push(format!(
+                "{}: skipped, this build's transport::parse does not know {}",
+                row.case,
+                row.spec.replace("{dir}", "DIR")
+            )),
+        }
+    }
+    let mut latency_groups: Vec<LatencyGroup> = LATENCY_GROUPS
         .iter()
-        .copied()
         .filter(|g| selected(g.1))
+        .map(|&(title, series)| LatencyGroup::ring(title, series))
         .collect();
-    let stream_groups: Vec<[&str; 2]> = STREAM_GROUPS
+    latency_groups.extend(
+        rows.iter()
+            .filter(|r| r.kind == transport::Kind::Latency)
+            .map(|r| LatencyGroup::row(r)),
+    );
+    // Each throughput group with its message count: a copying transport's share of them.
+    let mut stream_groups: Vec<([&str; 2], u64)> = STREAM_GROUPS
         .iter()
-        .copied()
-        .filter(|g| selected(g))
+        .filter(|g| selected(&g[..]))
+        .map(|&g| (g, messages))
         .collect();
+    let copying_messages = (messages / transport::COPYING_STREAM_SHARE).max(2);
+    stream_groups.extend(
+        rows.iter()
+            .filter(|r| r.kind == transport::Kind::Stream)
+            .map(|r| {
+                let n = if r.copying() {
+                    copying_messages
+                } else {
+                    messages
+                };
+                (r.group(), n)
+            }),
+    );
     if latency_groups.is_empty() && stream_groups.is_empty() {
+        if let Some(why) = unavailable.first() {
+            bail!("{why}");
+        }
         bail!("no case matches --only {:?}", args.only);
+    }
+    notes.extend(unavailable);
+    if args.quick && args.only.is_empty() {
+        notes.push(
+            "--quick: of the transport rows only unix-64B ran (--only transport runs them all)"
+                .to_string(),
+        );
+    }
+    if stream_groups
+        .iter()
+        .any(|(g, _)| transport::row(g[0]).is_some_and(|r| r.copying()))
+    {
+        notes.push(format!(
+            "the copying transports' streams and their limits carry {copying_messages} messages each (1/{} of the others')",
+            transport::COPYING_STREAM_SHARE
+        ));
     }
     if let Some(path) = &args.plot {
         // Said now rather than after the run.
@@ -535,7 +696,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         // Before any thread or child is started: they inherit the parent's CPU.
         affinity::pin_current_thread(pair.parent)?;
     }
-    let mut notes = Vec::new();
     let spin_ok = cpus.is_some_and(|pair| pair.parent != pair.child);
     if args.same_cpu {
         notes.push("--same-cpu: the spinning cases were skipped".to_string());
@@ -550,6 +710,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     sweep::remove_stale("shmbus-bench-");
+    transport::remove_stale_runs("shmbus-bench-");
     let prefix = format!(
         "shmbus-bench-{}-{}.",
         std::process::id(),
@@ -562,11 +723,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .prefix(&prefix)
         .build()
         .context("opening the bus")?;
+    let dir = if rows.is_empty() {
+        None
+    } else {
+        Some(transport::RunDir::create(&prefix)?)
+    };
     let ctx = Ctx {
         bus,
         prefix,
         cpus,
         watchdog: watchdog.handle(),
+        dir,
     };
     let clock_ns = clock_overhead()?;
     let groups_total = latency_groups.len() + stream_groups.len();
@@ -582,8 +749,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
     let mut latency_rows = Vec::new();
     let mut panels = Vec::new();
-    for (title, group) in latency_groups {
+    for g in latency_groups {
         group_no += 1;
+        let group = &g.series[..];
         if group.iter().any(|n| series(n).1) && !spin_ok {
             continue;
         }
@@ -598,9 +766,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             payload: series(group[k]).0,
             fig: figs[k],
         };
-        let limit = group.iter().position(|n| n.starts_with("raw-"));
+        let limit = g.limit;
         panels.push(plot::Panel {
-            title,
+            title: g.title,
             series: group
                 .iter()
                 .zip(&figs)
@@ -609,7 +777,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     name,
                     role: if Some(k) == limit {
                         plot::Role::Limit
-                    } else if name.starts_with("shm-") {
+                    } else if g.cases[k] {
                         plot::Role::Case
                     } else {
                         plot::Role::Alternative
@@ -618,8 +786,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 })
                 .collect(),
         });
-        for (k, name) in group.iter().enumerate() {
-            if name.starts_with("shm-") {
+        for (k, _) in group.iter().enumerate() {
+            if g.cases[k] {
                 latency_rows.push(LatencyRow {
                     case: measured(k),
                     limit: limit.map(measured),
@@ -636,16 +804,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
 
     let mut stream_rows = Vec::new();
-    for group in stream_groups {
+    for (group, n) in stream_groups {
         group_no += 1;
-        if !spin_ok {
+        if group.iter().any(|n| series(n).1) && !spin_ok {
             continue;
         }
         progress.group(group_no, &group);
-        let [case, limit] = run_stream_group(&ctx, group, &stream_blocks, |b| {
+        let blocks = split_blocks(n, args.blocks, MAX_MESSAGES_PER_BLOCK);
+        let [case, limit] = run_stream_group(&ctx, group, &blocks, |b| {
             watchdog.progress();
-            let what = format!("block {b}/{}", stream_blocks.len());
-            progress.show(group_no, &group, b - 1, stream_blocks.len(), &what);
+            let what = format!("block {b}/{}", blocks.len());
+            progress.show(group_no, &group, b - 1, blocks.len(), &what);
         })?;
         let measured = |k: usize, fig| Measured {
             name: group[k],

@@ -1,4 +1,7 @@
-//! The shmbus cases of the bench, written with the public API only, as a user would.
+//! The shmbus cases of the bench, written with the public API only, as a user would. Each
+//! runs on the run's bus in `/dev/shm`, or, for a transport row (`transport.rs`: `unix-64B`,
+//! `mmap-poll-64B`, `tcp-stream-64B`, ...), on a bus over that row's transport, with the same
+//! calls: the ping-pong and the stream below serve both.
 //!
 //! - `shm-poll-*` and `shm-futex-*`: a ping-pong over two topics (`<case>.ping` published
 //!   by the parent, `<case>.pong` by the child), with the same `WaitStrategy` on both sides
@@ -9,10 +12,16 @@
 //!   process; the child reads the ping through each in turn and answers after the last. With
 //!   two CPUs, the subscribers of a fan-out share one: this measures what each more
 //!   subscriber costs the round trip, not parallel readers.
+//! - `<transport>-64B`, `mmap-*-64B`: the same ping-pong over a transport row's transport; a
+//!   copying transport's subscribers use the default strategy, which sleeps in the kernel.
+//!   Each side creates the topic it publishes on and names its transport to the other (the
+//!   child in its `ready` reply), since a TCP publisher picks its own port.
 //! - `shm-stream-*`: the parent publishes, the child receives and copies each message out,
 //!   one direction, polling; `shm-stream-slip-*` the same with a [`STREAM_SLIP`] slip (see
 //!   `SubscriberBuilder::slip`); `shm-stream-2pub-64B` with two publishers (two lanes of one
-//!   topic, written in turns by the parent) and one subscriber that takes them in turns.
+//!   topic, written in turns by the parent) and one subscriber that takes them in turns;
+//!   `<transport>-stream-64B` the same over a transport row's transport, whose subscriber
+//!   sleeps in the kernel when it is copying.
 //! - `shm-overwrite-publish-Nsub-64B`: the publisher's own rate under `Policy::Overwrite`, timed
 //!   by the parent, with N subscribers copying in the child: the publisher never reads a
 //!   subscriber's position, so its cost must not grow with N. Back to back, the child's N
@@ -28,6 +37,7 @@ use hdrhistogram::Histogram;
 use shmbus::{Bus, Policy, Publisher, Subscriber, WaitStrategy};
 
 use super::raw::parse_stream_reply;
+use super::transport::{self, Place};
 use super::{Ctx, RoundTrip, Stream, StreamBlock, STREAM_CAPACITY};
 use crate::error::{bail, Context, Result};
 use crate::peer::{Control, Peer};
@@ -67,6 +77,9 @@ impl BenchMessage for Msg8 {
 /// A 64-byte message.
 pub type Msg64 = [u64; 8];
 
+/// Its size.
+pub const MSG64_LEN: usize = std::mem::size_of::<Msg64>();
+
 impl BenchMessage for Msg64 {
     fn fill(slot: &mut Self, i: u64) {
         *slot = [i; 8];
@@ -104,13 +117,27 @@ pub fn readers_of(case: &str) -> usize {
         .unwrap_or(1)
 }
 
-/// The wait strategy of a case, from its name: `shm-futex-*` is the default adaptive strategy
-/// (spin a little, then sleep), `shm-futex-nospin-*` sleeps at once, so that its round trip
-/// takes the futex path every time, as `raw-futex` does.
+/// The wait strategy of a case, from its name: `*-futex-*` is the default adaptive strategy
+/// (spin a little, then sleep), `*-futex-nospin-*` sleeps at once, so that its round trip
+/// takes the futex path every time, as `raw-futex` does; the other ring cases poll. A case over
+/// a copying transport (a row of `transport.rs`) receives with the default strategy: it sleeps
+/// in the kernel until its descriptor is readable, as the raw primitive beside it does.
 fn wait_of(case: &str) -> WaitStrategy {
-    if case.starts_with("shm-futex-nospin") {
+    if transport::row(case).is_some_and(|r| r.copying()) {
+        WaitStrategy::default()
+    } else if case.contains("-futex-nospin") {
         WaitStrategy::Futex { spin: 0 }
-    } else if case.starts_with("shm-futex") {
+    } else if case.contains("-futex") {
+        WaitStrategy::default()
+    } else {
+        WaitStrategy::Spin
+    }
+}
+
+/// The wait strategy of a stream case: polling on a ring, sleeping in the kernel on a copying
+/// transport (as its raw limit's reader does).
+fn stream_wait(case: &str) -> WaitStrategy {
+    if transport::row(case).is_some_and(|r| r.copying()) {
         WaitStrategy::default()
     } else {
         WaitStrategy::Spin
@@ -135,30 +162,56 @@ pub struct ShmPingPong<T: BenchMessage> {
 }
 
 impl<T: BenchMessage> ShmPingPong<T> {
-    /// Creates `<case>.ping`, starts the child, and opens the child's `<case>.pong`.
+    /// Creates `<case>.ping` (on the case's transport: see [`Ctx::place`]), starts the child,
+    /// opens the child's `<case>.pong`, and waits until the child's subscribers have joined.
     pub fn start(ctx: &Ctx, name: &'static str) -> Result<ShmPingPong<T>> {
         let wait = wait_of(name);
-        let ping = ctx
-            .bus
-            .publisher::<T>(&format!("{name}.ping"))
-            .capacity(PING_CAPACITY)
-            .wait(wait)
-            .create()
+        let place = ctx.place(name);
+        let (ping, spec) = place
+            .publish(|bus| {
+                bus.publisher::<T>(&format!("{name}.ping"))
+                    .capacity(PING_CAPACITY)
+                    .wait(wait)
+                    .create()
+            })
             .with_context(|| format!("{name}: creating topic {name}.ping"))?;
-        let mut peer = ctx.spawn(name, &[])?;
-        peer.expect("ready")?;
-        let pong = ctx
-            .bus
+        let mut peer = ctx.spawn(name, &spec_args(&spec))?;
+        let pong_spec = peer.expect("ready")?;
+        let pong = place
+            .subscriber_bus(&pong_spec)?
             .subscriber::<T>(&format!("{name}.pong"))
             .wait(wait)
-            .open()
+            .open_timeout(OPEN_TIMEOUT)
             .with_context(|| format!("{name}: opening topic {name}.pong"))?;
+        // A copying transport hands a subscriber to its publisher after the greeting: a
+        // message sent before that would reach nobody.
+        if !ping.wait_for_subscribers(readers_of(name), OPEN_TIMEOUT) {
+            bail!("{name}: the child's subscribers of {name}.ping did not join");
+        }
         Ok(ShmPingPong {
             name,
             ping,
             pong,
             peer,
         })
+    }
+}
+
+/// The child's arguments that name the transport of the parent's topic (none for shm).
+fn spec_args(spec: &str) -> Vec<String> {
+    if spec.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--spec".to_string(), spec.to_string()]
+    }
+}
+
+/// The child's `ready` reply: with the spec of the transport of its own topic, if not shm.
+fn ready_line(spec: &str) -> String {
+    if spec.is_empty() {
+        "ready".to_string()
+    } else {
+        format!("ready {spec}")
     }
 }
 
@@ -184,26 +237,45 @@ impl<T: BenchMessage> RoundTrip for ShmPingPong<T> {
 }
 
 /// The child side of a ping-pong case: answers each ping with a pong of the same number.
-pub fn ping_pong_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str) -> Result<()> {
+/// `spec` names the transport of the parent's ping ("" for shm).
+pub fn ping_pong_peer<T: BenchMessage>(
+    ctl: &mut Control,
+    place: &Place<'_>,
+    case: &str,
+    spec: &str,
+) -> Result<()> {
     let wait = wait_of(case);
     let readers = readers_of(case);
+    let ping_bus = place.subscriber_bus(spec)?;
     let mut pings = Vec::new();
     for _ in 0..readers {
         pings.push(
-            bus.subscriber::<T>(&format!("{case}.ping"))
+            ping_bus
+                .subscriber::<T>(&format!("{case}.ping"))
                 .wait(wait)
                 .open_timeout(OPEN_TIMEOUT)
                 .with_context(|| format!("opening topic {case}.ping"))?,
         );
     }
-    let mut pong = bus
-        .publisher::<T>(&format!("{case}.pong"))
-        .capacity(PING_CAPACITY)
-        .wait(wait)
-        .create()
+    let (mut pong, pong_spec) = place
+        .publish(|bus| {
+            bus.publisher::<T>(&format!("{case}.pong"))
+                .capacity(PING_CAPACITY)
+                .wait(wait)
+                .create()
+        })
         .with_context(|| format!("creating topic {case}.pong"))?;
-    ctl.reply("ready")?;
+    ctl.reply(&ready_line(&pong_spec))?;
+    let mut joined = false;
     while let Some(n) = ctl.next_run()? {
+        // The parent opened the pong before its first run command; on a copying transport
+        // its connection reaches this publisher a moment after the greeting.
+        if !joined {
+            if !pong.wait_for_subscribers(1, OPEN_TIMEOUT) {
+                bail!("the parent's subscriber of {case}.pong did not join");
+            }
+            joined = true;
+        }
         for _ in 0..n {
             let mut i = 0;
             for ping in &mut pings {
@@ -221,36 +293,47 @@ pub struct ShmStream<T: BenchMessage> {
     name: &'static str,
     publishers: Vec<Publisher<T>>,
     peer: Peer,
+    /// Whether the transport copies: see [`ShmStream::block`].
+    copying: bool,
 }
 
 impl<T: BenchMessage> ShmStream<T> {
-    /// Creates `<case>.stream` and starts the subscriber.
+    /// Creates `<case>.stream` (on the case's transport: see [`Ctx::place`]) and starts the
+    /// subscriber.
     pub fn start(ctx: &Ctx, name: &'static str) -> Result<ShmStream<T>> {
         let topic = format!("{name}.stream");
         let lanes = if name.contains("-2pub-") { 2 } else { 1 };
-        let mut publishers = vec![ctx
-            .bus
-            .publisher::<T>(&topic)
-            .capacity(STREAM_CAPACITY as u64)
-            .max_publishers(lanes)
-            .wait(WaitStrategy::Spin)
-            .create()
-            .with_context(|| format!("{name}: creating topic {topic}"))?];
+        let wait = stream_wait(name);
+        let (first, spec) = ctx
+            .place(name)
+            .publish(|bus| {
+                bus.publisher::<T>(&topic)
+                    .capacity(STREAM_CAPACITY as u64)
+                    .max_publishers(lanes)
+                    .wait(wait)
+                    .create()
+            })
+            .with_context(|| format!("{name}: creating topic {topic}"))?;
+        let mut publishers = vec![first];
         for _ in 1..lanes {
             publishers.push(
                 ctx.bus
                     .publisher::<T>(&topic)
-                    .wait(WaitStrategy::Spin)
+                    .wait(wait)
                     .attach()
                     .with_context(|| format!("{name}: attaching to topic {topic}"))?,
             );
         }
-        let mut peer = ctx.spawn(name, &[])?;
+        let mut peer = ctx.spawn(name, &spec_args(&spec))?;
         peer.expect("ready")?;
+        if !publishers[0].wait_for_subscribers(1, OPEN_TIMEOUT) {
+            bail!("{name}: the child's subscriber of {topic} did not join");
+        }
         Ok(ShmStream {
             name,
             publishers,
             peer,
+            copying: transport::row(name).is_some_and(|r| r.copying()),
         })
     }
 }
@@ -262,6 +345,14 @@ impl<T: BenchMessage> Stream for ShmStream<T> {
             [one] => {
                 for i in 0..n {
                     publish(one, i)?;
+                }
+                if self.copying {
+                    // A copying publisher whose last frame found the kernel's buffer full
+                    // keeps it until its next call (`FanOut::send` leaves it pending, and
+                    // only a loan or a close pushes it on): a loan, dropped unsent, waits
+                    // until the subscriber has room and hands the frame over. Without it the
+                    // subscriber waits for that message forever.
+                    drop(one.loan().context("loan")?);
                 }
             }
             [a, b] => {
@@ -284,11 +375,17 @@ impl<T: BenchMessage> Stream for ShmStream<T> {
 }
 
 /// The child side of a stream case: receives, copies each message out, sums the numbers and
-/// times from the first message to the last.
-pub fn stream_peer<T: BenchMessage>(ctl: &mut Control, bus: &Bus, case: &str) -> Result<()> {
-    let mut subscriber = bus
+/// times from the first message to the last. `spec` names the transport ("" for shm).
+pub fn stream_peer<T: BenchMessage>(
+    ctl: &mut Control,
+    place: &Place<'_>,
+    case: &str,
+    spec: &str,
+) -> Result<()> {
+    let mut subscriber = place
+        .subscriber_bus(spec)?
         .subscriber::<T>(&format!("{case}.stream"))
-        .wait(WaitStrategy::Spin)
+        .wait(stream_wait(case))
         .slip(if case.contains("-slip-") {
             STREAM_SLIP
         } else {

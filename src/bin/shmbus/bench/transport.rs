@@ -1,0 +1,460 @@
+//! The transport rows: each transport the library carries a topic over, measured with the
+//! library's own `Publisher`/`Subscriber` calls (`shm.rs`, on a bus over that transport)
+//! beside the raw primitive it wraps (`kernel.rs`), in the same run, interleaved.
+//!
+//! [`ROWS`] is the table of them: each row names its transport's spec (what
+//! `shmbus::transport::parse` takes), its case and its limit. A transport gets its rows by
+//! adding entries; a row whose spec this build's `parse` does not know is skipped, with a note
+//! in the report, so that the rows of a transport still being built appear once it is merged.
+//!
+//! Every name a row makes is private to the run: files and sockets under the run's directory
+//! (`$TMPDIR/shmbus-bench-<pid>-<stamp>`, mode 0700, removed at the end), message queues named
+//! with the run's prefix (removed at the end), TCP ports on loopback only. A run that was
+//! killed leaves its directory and queues: the next run removes those of every run whose
+//! process is gone (the directory's name gives the queues' prefix).
+//!
+//! This module must never remove a directory or a queue that a live run may use, nor one
+//! that is not named as a run's own.
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rustix::process::Pid;
+use shmbus::{Bus, CreateError};
+
+use super::Ctx;
+use crate::error::{bail, Context, Error, Result};
+use crate::sweep;
+
+/// What a row measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The round trip of a 64-byte message: a ping topic and a pong topic.
+    Latency,
+    /// One-way throughput of 64-byte messages.
+    Stream,
+}
+
+/// One transport case beside its limit.
+#[derive(Debug)]
+pub struct Row {
+    /// The transport's name: `--only NAME` selects its rows (`--only transport`, every row).
+    pub transport: &'static str,
+    /// The spec, as `shmbus::transport::parse` takes it: `{dir}` stands for the run's
+    /// directory, `{port}` for a free loopback port, picked by each topic's publisher.
+    pub spec: &'static str,
+    /// What the row measures.
+    pub kind: Kind,
+    /// The case: the library over this transport.
+    pub case: &'static str,
+    /// Its limit, measured in the same group: a raw primitive (`kernel.rs`), or for the
+    /// memory-mapped file, the same case on shared memory.
+    pub limit: &'static str,
+    /// What the group shows (the title of its panel in the plot).
+    pub title: &'static str,
+    /// More series measured in the same group, each reported against the case (as the pipe
+    /// and the socket are against the blocking shm case): what explains the gap to the limit.
+    pub also: &'static [&'static str],
+}
+
+/// The transport rows. The fifo and file rows wait for those transports: until `parse`
+/// knows `fifo:DIR` and `file:DIR`, they are skipped with a note. A transport that is not
+/// named by a spec alone (the pipe: a descriptor a parent hands its child) needs a way to
+/// hand the child its end first.
+pub const ROWS: &[Row] = &[
+    Row {
+        transport: "unix",
+        spec: "unix:{dir}",
+        kind: Kind::Latency,
+        case: "unix-64B",
+        limit: "raw-seqpacket-64B",
+        title: "unix: 64-byte round trip, blocking receive, beside a bare seqpacket socket pair",
+        also: &[],
+    },
+    Row {
+        transport: "unix",
+        spec: "unix:{dir}",
+        kind: Kind::Stream,
+        case: "unix-stream-64B",
+        limit: "raw-seqpacket-stream-64B",
+        title: "unix: one-way stream beside a bare seqpacket socket pair",
+        also: &[],
+    },
+    Row {
+        transport: "tcp",
+        spec: "tcp:127.0.0.1:{port}",
+        kind: Kind::Latency,
+        case: "tcp-64B",
+        limit: "raw-tcp-64B",
+        title: "tcp: 64-byte round trip on loopback, beside a bare TCP_NODELAY connection",
+        // Two topics are two connections, each carrying data one way: every message is
+        // acknowledged by a segment of its own, where one connection used both ways carries
+        // the acknowledgement on the answer.
+        also: &["raw-tcp-2conn-64B"],
+    },
+    Row {
+        transport: "tcp",
+        spec: "tcp:127.0.0.1:{port}",
+        kind: Kind::Stream,
+        case: "tcp-stream-64B",
+        limit: "raw-tcp-stream-64B",
+        title: "tcp: one-way stream on loopback beside a bare TCP_NODELAY connection",
+        also: &[],
+    },
+    Row {
+        transport: "mqueue",
+        spec: "mqueue",
+        kind: Kind::Latency,
+        case: "mqueue-64B",
+        limit: "raw-mqueue-64B",
+        title: "mqueue: 64-byte round trip beside bare mq_send/mq_receive on two queues",
+        also: &[],
+    },
+    Row {
+        transport: "mqueue",
+        spec: "mqueue",
+        kind: Kind::Stream,
+        case: "mqueue-stream-64B",
+        limit: "raw-mqueue-stream-64B",
+        title: "mqueue: one-way stream beside bare mq_send/mq_receive",
+        also: &[],
+    },
+    Row {
+        transport: "mmap",
+        spec: "mmap:{dir}",
+        kind: Kind::Latency,
+        case: "mmap-poll-64B",
+        limit: "shm-poll-64B",
+        title: "mmap: the ring in a file on disk, polling, beside the same ring in /dev/shm",
+        also: &[],
+    },
+    Row {
+        transport: "mmap",
+        spec: "mmap:{dir}",
+        kind: Kind::Latency,
+        case: "mmap-futex-nospin-64B",
+        limit: "shm-futex-nospin-64B",
+        title: "mmap: the ring in a file on disk, futex wait, beside the same ring in /dev/shm",
+        also: &[],
+    },
+    Row {
+        transport: "mmap",
+        spec: "mmap:{dir}",
+        kind: Kind::Stream,
+        case: "mmap-stream-64B",
+        limit: "shm-stream-64B",
+        title: "mmap: one-way stream beside the same ring in /dev/shm",
+        also: &[],
+    },
+    Row {
+        transport: "fifo",
+        spec: "fifo:{dir}",
+        kind: Kind::Latency,
+        case: "fifo-64B",
+        limit: "raw-pipe-64B",
+        title: "fifo: 64-byte round trip, blocking receive, beside a bare pipe",
+        also: &[],
+    },
+    Row {
+        transport: "fifo",
+        spec: "fifo:{dir}",
+        kind: Kind::Stream,
+        case: "fifo-stream-64B",
+        limit: "raw-pipe-stream-64B",
+        title: "fifo: one-way stream beside a bare pipe",
+        also: &[],
+    },
+    Row {
+        transport: "file",
+        spec: "file:{dir}",
+        kind: Kind::Latency,
+        case: "file-64B",
+        limit: "raw-file-64B",
+        title: "file: 64-byte round trip through a spool, beside a bare write and read of a file",
+        also: &[],
+    },
+    Row {
+        transport: "file",
+        spec: "file:{dir}",
+        kind: Kind::Stream,
+        case: "file-stream-64B",
+        limit: "raw-file-stream-64B",
+        title: "file: one-way stream through a spool, beside a bare write and read of a file",
+        also: &[],
+    },
+];
+
+/// The copying transports' streams carry this fraction of `--messages` (1/10): a message
+/// costs them a system call or two on each side, against a few nanoseconds on the ring.
+pub const COPYING_STREAM_SHARE: u64 = 10;
+
+/// The row whose case is `case`.
+pub fn row(case: &str) -> Option<&'static Row> {
+    ROWS.iter().find(|r| r.case == case)
+}
+
+impl Row {
+    /// Whether the transport copies each message through the kernel (every row but the
+    /// memory-mapped file's, which is the zero-copy ring).
+    pub fn copying(&self) -> bool {
+        !self.spec.starts_with("mmap:")
+    }
+
+    /// Why this build cannot run the row (its spec is not one `parse` knows), if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        let probe = expand(self.spec, Path::new("/nonexistent"), Some(1));
+        shmbus::transport::parse(&probe).err()
+    }
+
+    /// The case and its limit, in the order the group runs them.
+    pub fn group(&self) -> [&'static str; 2] {
+        [self.case, self.limit]
+    }
+
+    /// The case, its limit and the other series of its latency group.
+    pub fn latency_series(&self) -> Vec<&'static str> {
+        let mut series = self.group().to_vec();
+        series.extend_from_slice(self.also);
+        series
+    }
+}
+
+/// Whether `--only TEXT` names transport rows by transport rather than by case: `transport`
+/// (every row) or a row's transport name (`unix`, `tcp`, ...).
+pub fn is_transport_word(text: &str) -> bool {
+    text == "transport" || ROWS.iter().any(|r| r.transport == text)
+}
+
+/// `template` with `{dir}` replaced by `dir` and `{port}` by `port`.
+fn expand(template: &str, dir: &Path, port: Option<u16>) -> String {
+    let mut spec = template.replace("{dir}", &dir.display().to_string());
+    if let Some(port) = port {
+        spec = spec.replace("{port}", &port.to_string());
+    }
+    spec
+}
+
+/// A bus over the transport `spec` names, with the run's prefix.
+pub fn bus(spec: &str, prefix: &str) -> Result<Bus> {
+    let transport = shmbus::transport::parse(spec).map_err(Error::msg)?;
+    Bus::builder()
+        .prefix(prefix)
+        .transport_boxed(transport)
+        .build()
+        .with_context(|| format!("opening a bus over {spec}"))
+}
+
+/// How many ports a publisher tries when the one it picked is taken before it binds it.
+const PORT_TRIES: u32 = 20;
+
+/// Where a case's topics are, as either side sees them: the run's shared-memory bus, or the
+/// transport of the case's row, in the run's directory.
+pub struct Place<'a> {
+    /// The run's bus in /dev/shm, for the cases that are not a row's (and the shm limits).
+    pub shm: &'a Bus,
+    /// The row whose transport carries the case's topics, if any.
+    pub row: Option<&'static Row>,
+    /// The run's directory (a row's files and sockets).
+    pub dir: Option<&'a Path>,
+    /// The run's prefix.
+    pub prefix: &'a str,
+}
+
+impl Place<'_> {
+    /// Creates a publisher with `make`, on the row's transport (or the shm bus). Returns it
+    /// and the spec of the transport it is on, which the other side needs to subscribe ("" for
+    /// the shm bus). For a `{port}` spec, picks a free loopback port, and another while the
+    /// one picked is taken by someone else before it is bound.
+    pub fn publish<P>(&self, make: impl Fn(&Bus) -> Result<P, CreateError>) -> Result<(P, String)> {
+        let Some(row) = self.row else {
+            return Ok((make(self.shm).map_err(Error::msg)?, String::new()));
+        };
+        let dir = self.dir.ok_or_else(|| Error::msg("no run directory"))?;
+        if !row.spec.contains("{port}") {
+            let spec = expand(row.spec, dir, None);
+            return Ok((make(&bus(&spec, self.prefix)?).map_err(Error::msg)?, spec));
+        }
+        let mut last = None;
+        for attempt in 0..PORT_TRIES {
+            let spec = expand(row.spec, dir, Some(free_port(attempt)?));
+            match make(&bus(&spec, self.prefix)?) {
+                Ok(p) => return Ok((p, spec)),
+                Err(e @ CreateError::Listen { .. }) => last = Some(e),
+                Err(e) => return Err(Error::msg(e)),
+            }
+        }
+        Err(last.map_or_else(|| Error::msg("no free port"), Error::msg))
+    }
+
+    /// The bus to subscribe on, given the spec the publisher's side said ("" for shm).
+    pub fn subscriber_bus(&self, spec: &str) -> Result<Bus> {
+        match self.row {
+            None => Bus::builder()
+                .prefix(self.prefix)
+                .build()
+                .context("opening the bus"),
+            Some(_) if spec.is_empty() => bail!("the publisher named no transport"),
+            Some(_) => bus(spec, self.prefix),
+        }
+    }
+}
+
+/// A loopback port nobody listens on now, below the ephemeral range (where the kernel picks
+/// the ports of outgoing connections, which could take it meanwhile); `attempt` moves the pick.
+fn free_port(attempt: u32) -> Result<u16> {
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+        .clamp(12_000, 65_535);
+    let (low, span) = (ephemeral_low - 10_000, 10_000u32);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id()
+        .wrapping_mul(97)
+        .wrapping_add(nanos)
+        .wrapping_add(attempt.wrapping_mul(7_919));
+    for k in 0..span {
+        let port = (low + seed.wrapping_add(k) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{}", low + span)
+}
+
+/// The run's directory: private, removed with what the rows left in it (and the message
+/// queues named with the run's prefix) when dropped.
+pub struct RunDir {
+    path: PathBuf,
+    prefix: String,
+}
+
+/// Where run directories live: the temporary directory.
+fn runs_dir() -> PathBuf {
+    std::env::temp_dir()
+}
+
+impl RunDir {
+    /// Creates `$TMPDIR/<prefix less its final dot>`, mode 0700 whatever the umask.
+    pub fn create(prefix: &str) -> Result<RunDir> {
+        let path = runs_dir().join(prefix.trim_end_matches('.'));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let dir = RunDir {
+            path,
+            prefix: prefix.to_string(),
+        };
+        // The umask may have taken bits off: set them as meant.
+        rustix::fs::chmod(&dir.path, rustix::fs::Mode::from_raw_mode(0o700))
+            .with_context(|| format!("setting the mode of {}", dir.path.display()))?;
+        Ok(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        remove_run(&self.path, &self.prefix);
+    }
+}
+
+/// The topics of every case over a message queue, whose queues a run may leave.
+fn queue_topics() -> impl Iterator<Item = String> {
+    ROWS.iter()
+        .filter(|r| r.spec == "mqueue")
+        .flat_map(|r| ["ping", "pong", "stream"].map(|t| format!("{}.{t}", r.case)))
+}
+
+/// Removes a run's queues (those whose publisher is gone: `MessageQueue::remove_stale`
+/// keeps a live one) and its directory.
+fn remove_run(path: &Path, prefix: &str) {
+    for topic in queue_topics() {
+        let _ = shmbus::transport::MessageQueue::remove_stale(prefix, &topic);
+    }
+    let _ = std::fs::remove_dir_all(path);
+}
+
+/// Removes the directories (and queues) of earlier runs that were killed: names
+/// `<head><pid>-<stamp>` in the temporary directory, this user's, whose process is gone.
+pub fn remove_stale_runs(head: &str) {
+    let Ok(entries) = std::fs::read_dir(runs_dir()) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((pid, stamp)) = name.strip_prefix(head).and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let Some(pid) = pid.parse::<i32>().ok().and_then(Pid::from_raw) else {
+            continue;
+        };
+        if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Only a directory of this user's (never followed if it is a link).
+        let Ok(meta) = rustix::fs::lstat(entry.path()) else {
+            continue;
+        };
+        let is_dir =
+            rustix::fs::FileType::from_raw_mode(meta.st_mode) == rustix::fs::FileType::Directory;
+        if !is_dir || meta.st_uid != me || !sweep::is_gone(pid) {
+            continue;
+        }
+        remove_run(&entry.path(), &format!("{name}."));
+    }
+}
+
+impl Ctx {
+    /// Where the topics of `case` are, on the parent's side.
+    pub fn place(&self, case: &str) -> Place<'_> {
+        Place {
+            shm: &self.bus,
+            row: row(case),
+            dir: self.dir.as_ref().map(RunDir::path),
+            prefix: &self.prefix,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_whole_and_unique() {
+        for (k, r) in ROWS.iter().enumerate() {
+            assert!(is_transport_word(r.transport));
+            assert!(r.case.starts_with(r.transport), "{}", r.case);
+            assert!(
+                ROWS[..k].iter().all(|o| o.case != r.case),
+                "{} twice",
+                r.case
+            );
+            assert_eq!(row(r.case).map(|o| o.limit), Some(r.limit));
+        }
+        assert!(!is_transport_word("shm-poll"));
+    }
+
+    #[test]
+    fn specs_expand() {
+        let dir = Path::new("/run/x");
+        assert_eq!(expand("unix:{dir}", dir, None), "unix:/run/x");
+        assert_eq!(
+            expand("tcp:127.0.0.1:{port}", dir, Some(9000)),
+            "tcp:127.0.0.1:9000"
+        );
+        assert!(row("unix-64B").unwrap().unavailable().is_none());
+        assert!(row("mmap-poll-64B").is_some_and(|r| !r.copying()));
+    }
+}
