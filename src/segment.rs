@@ -15,7 +15,7 @@
 //! hold a header and no more than the largest segment this build maps.
 //!
 //! With the cargo feature `portable`, a segment can instead be a named segment of the
-//! `shared_memory` crate ([`Backend::Portable`], `segment/portable.rs`), for systems without
+//! `shared_memory` crate (`Backend::Portable`, `segment/portable.rs`), for systems without
 //! the `shm_open` semantics the checks above rely on. It keeps what it can (the SIGBUS
 //! defence, pages touched at creation and attach, the size bound) and says at each method
 //! what it cannot (owner and mode checks, the lock that tells a live segment from a stale one).

@@ -881,8 +881,12 @@ mod tests {
     }
 
     #[test]
-    fn the_subscribe_and_refuse_kinds_decode_and_the_next_does_not() {
-        for (kind, byte) in [(FrameKind::Subscribe, 4u8), (FrameKind::Refuse, 5)] {
+    fn the_subscribe_refuse_and_topic_kinds_decode_and_the_next_does_not() {
+        for (kind, byte) in [
+            (FrameKind::Subscribe, 4u8),
+            (FrameKind::Refuse, 5),
+            (FrameKind::Topic, 6),
+        ] {
             let h = FrameHeader::control(kind, 8, 0);
             let mut b = [0u8; HEADER_LEN];
             h.encode(&mut b);
@@ -891,10 +895,10 @@ mod tests {
         }
         let mut b = [0u8; HEADER_LEN];
         FrameHeader::control(FrameKind::Refuse, 8, 0).encode(&mut b);
-        b[4] = 6;
+        b[4] = 7;
         assert_eq!(
             FrameHeader::decode(&b, 8),
-            Err(FrameError::UnexpectedKind { found: 6 })
+            Err(FrameError::UnexpectedKind { found: 7 })
         );
     }
 

@@ -14,7 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The Unix-socket transport: sockets in a directory (see the [module](self)).
+/// The Unix-socket transport: `SOCK_SEQPACKET` sockets in a directory, for one host without
+/// shared memory (containers that do not share `/dev/shm`, sandboxes). The publisher listens on
+/// `<dir>/<prefix><topic>.sock` and every subscriber connects; a frame is sent or refused
+/// whole (seqpacket keeps message boundaries). Both sides check the other's credentials
+/// (`SO_PEERCRED`): the same user, or one allowed with [`Unix::allow_uid`].
+///
+/// ```no_run
+/// let bus = shmbus::Bus::builder()
+///     .transport(shmbus::transport::Unix::new("/run/myapp"))
+///     .build()?;
+/// let mut publisher = bus.publisher::<u64>("ticks").create()?;
+/// # let _ = &mut publisher;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Unix {
     dir: PathBuf,
