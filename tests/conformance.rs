@@ -128,6 +128,7 @@ fn child_entry() {
         "pub-bytes" => child_publish_bytes(),
         "sub-idle" => child_subscribe_idle(),
         "hostile" => child_hostile(),
+        "sub-count" => child_subscribe_count(),
         other => panic!("unknown child role {other}"),
     };
     exit_child(code)
@@ -195,6 +196,39 @@ fn child_subscribe_idle() -> i32 {
         .expect("open the topic");
     say("READY");
     std::thread::sleep(CHILD_STALL);
+    0
+}
+
+/// Open a subscriber, say so, then (after `nap` ms) receive until `count` messages came or
+/// none came for 10 s, pausing `pace` µs after each; report how many, and whether each was
+/// the value expected (`seq * 7 + 1`, numbered from the first received).
+fn child_subscribe_count() -> i32 {
+    let bus = child_bus();
+    let mut subscriber = bus
+        .subscriber::<u64>("t")
+        .open_timeout(OPEN)
+        .expect("open the topic");
+    say("READY");
+    std::thread::sleep(Duration::from_millis(arg_u64("nap")));
+    let (mut count, mut bad) = (0u64, 0u64);
+    while count < arg_u64("count") {
+        match subscriber.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(sample)) => {
+                if *sample != count * 7 + 1 {
+                    bad += 1;
+                }
+                count += 1;
+                drop(sample);
+                std::thread::sleep(Duration::from_micros(common::arg_u64_or("pace", 0)));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("after {count}: {e}");
+                break;
+            }
+        }
+    }
+    say(&format!("RESULT count={count} bad={bad}"));
     0
 }
 
@@ -468,5 +502,85 @@ fn a_subscriber_of_another_type_is_refused() {
         }
         child.kill();
         let _ = child.finish();
+    });
+}
+
+/// A subscriber whose open has returned gets what is published from then on: a message sent
+/// the moment it says it is there reaches it, with no wait for subscribers on the publisher's
+/// side (where a connection that was greeted but not yet handed to the publisher would miss
+/// it). Several rounds, each a new subscriber process, to give a race its chances.
+#[test]
+fn a_message_sent_as_soon_as_a_subscriber_has_opened_reaches_it() {
+    each_transport("first-message", |spec, prefix| {
+        let bus = bus(spec, prefix);
+        let mut publisher = bus
+            .publisher::<u64>("t")
+            .capacity(16)
+            .create()
+            .expect("create");
+        for round in 0..10 {
+            let args = [
+                ("spec", spec),
+                ("prefix", prefix),
+                ("count", "1"),
+                ("nap", "0"),
+            ];
+            let mut child = ChildProc::spawn("sub-count", &args);
+            child.wait_for_line("READY");
+            publisher
+                .send_timeout(1, CHILD_STALL)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let done = child.finish();
+            done.assert_success();
+            assert_eq!(
+                (done.num("count"), done.num("bad")),
+                (1, 0),
+                "round {round}: {}",
+                done.result_line()
+            );
+        }
+    });
+}
+
+/// Under Block, a blocking send is delivered by the time it returns, or is on its way without
+/// help: a publisher that sends to a subscriber slower than itself (so that the kernel's
+/// buffers are full at its sends), and then makes no other call, still has every message
+/// received, the last one included.
+#[test]
+fn a_block_publishers_last_send_is_delivered_without_another_call() {
+    each_transport("last-send", |spec, prefix| {
+        const N: u64 = 2_000;
+        let bus = bus(spec, prefix);
+        let mut publisher = bus
+            .publisher::<u64>("t")
+            .capacity(64)
+            .create()
+            .expect("create");
+        let n = N.to_string();
+        let args = [
+            ("spec", spec),
+            ("prefix", prefix),
+            ("count", n.as_str()),
+            ("nap", "100"),
+            ("pace", "500"),
+        ];
+        let mut child = ChildProc::spawn("sub-count", &args);
+        child.wait_for_line("READY");
+        assert!(publisher.wait_for_subscribers(1, OPEN));
+        for i in 0..N {
+            publisher
+                .send_timeout(i * 7 + 1, CHILD_STALL)
+                .unwrap_or_else(|e| panic!("send {i}: {e}"));
+        }
+        // No call after the last send (not even a drop) until the subscriber has counted.
+        let done = child.finish();
+        done.assert_success();
+        assert_eq!(
+            (done.num("count"), done.num("bad")),
+            (N, 0),
+            "{}",
+            done.result_line()
+        );
+        drop(publisher);
     });
 }

@@ -50,6 +50,9 @@ pub(crate) struct CopyPublisher {
     policy: Policy,
     type_hash: u64,
     next_seq: u64,
+    /// Set by a waiting claim under Block: how long its commit may wait for the frame to be
+    /// handed whole to the kernel. `None`: a `try_` call, which never waits.
+    deliver_by: Option<Instant>,
     slot_size: u32,
     capacity: u64,
     transport: &'static str,
@@ -94,6 +97,7 @@ impl CopyPublisher {
             policy,
             type_hash: frame::type_hash(&fingerprint),
             next_seq: 0,
+            deliver_by: None,
             slot_size,
             capacity,
             transport: transport.name(),
@@ -108,6 +112,7 @@ impl CopyPublisher {
     /// A loan's buffer if every subscriber can take a frame now (always under Overwrite).
     #[inline]
     pub(crate) fn try_claim(&mut self) -> Result<*mut u8, TryLoanError> {
+        self.deliver_by = None;
         match self.sender.ready(self.policy, None) {
             Ready::Yes => Ok(self.payload_ptr()),
             Ready::Full => Err(TryLoanError::Full),
@@ -117,7 +122,13 @@ impl CopyPublisher {
 
     /// As `try_claim`, waiting (Block) until `deadline`.
     pub(crate) fn claim(&mut self, deadline: Option<Instant>) -> Result<*mut u8, LoanError> {
-        match self.try_claim() {
+        let claimed = self.try_claim();
+        // A waiting send (Block) also waits, at commit, for its frame to be handed whole to
+        // the kernel: a frame left pending would otherwise go out only at the next call.
+        if self.policy == Policy::Block {
+            self.deliver_by = Some(deadline.unwrap_or_else(forever));
+        }
+        match claimed {
             Ok(ptr) => return Ok(ptr),
             Err(TryLoanError::Io { kind }) => return Err(write_failed(kind)),
             Err(_) => {}
@@ -147,6 +158,17 @@ impl CopyPublisher {
         bytes[PAYLOAD_AT + len as usize..start + total].fill(0);
         self.sender.send(&bytes[start..start + total]);
         self.next_seq += 1;
+        if let Some(deadline) = self.deliver_by.take() {
+            // What the kernel did not take now, pushed on until the send's deadline (a
+            // subscriber that does not read by then gets it at the publisher's next call).
+            let _ = self.sender.ready(Policy::Block, Some(deadline));
+        }
+    }
+
+    /// Push on whatever frames the kernel did not take whole yet, waiting up to `deadline`;
+    /// returns whether none is left.
+    pub(crate) fn flush(&mut self, deadline: Instant) -> bool {
+        self.sender.ready(Policy::Block, Some(deadline)) == Ready::Yes
     }
 
     pub(crate) fn next_seq(&self) -> u64 {

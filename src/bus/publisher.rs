@@ -722,6 +722,28 @@ impl<T: ?Sized> Publisher<T> {
         }
     }
 
+    /// Push on what this publisher still holds, waiting up to `timeout`; returns whether
+    /// nothing is left. On a copying transport a `try_` send whose frame the kernel did not
+    /// take whole (a subscriber's buffer was full) keeps the rest, and the next call sends it
+    /// first; a program that sends with `try_send` and then waits for something else calls
+    /// this. The waiting sends (`send`, `send_timeout`, a loan from `loan`) push their frame
+    /// on themselves, within their deadline. On a ring transport a sent message is in place
+    /// already: `true` at once.
+    ///
+    /// ```no_run
+    /// # let bus = shmbus::Bus::open_default()?;
+    /// # let mut publisher = bus.publisher::<u64>("t").create()?;
+    /// let _ = publisher.try_send(7);
+    /// assert!(publisher.flush(std::time::Duration::from_secs(1)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush(&mut self, timeout: Duration) -> bool {
+        match &mut self.imp {
+            Imp::Ring(_) => true,
+            Imp::Copy(c) => c.flush(Instant::now() + timeout),
+        }
+    }
+
     /// Wait until at least `n` subscribers are attached, checking every 100 µs, for up to
     /// `timeout`. Returns whether they are.
     pub fn wait_for_subscribers(&self, n: usize, timeout: Duration) -> bool {

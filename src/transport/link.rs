@@ -159,7 +159,26 @@ pub struct Arrivals {
 }
 
 impl Arrivals {
-    /// A new connection, greeted already.
+    /// A new connection, greeted by `greet` (which writes its hello to the descriptor it is
+    /// given and says whether the whole hello went) while this takes it in: under the queue's
+    /// lock, the connection joins the queue and `any` is raised *before* the hello is written.
+    /// So a publisher that takes its arrivals waits for the hello, and no data frame can precede
+    /// it; and a subscriber that has read its hello (its open has returned) is among the
+    /// arrivals that any later send of the publisher looks at: none of what is published after
+    /// it joined is missed. A connection whose greeting failed is dropped.
+    pub fn admit(&self, link: Box<dyn Link>, greet: impl FnOnce(BorrowedFd<'_>) -> bool) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.push(link);
+        // Release: pairs with the Acquire load in `FanOut::take_arrivals`.
+        self.any.store(1, Ordering::Release);
+        let greeted = greet(queue.last().expect("just pushed").fd());
+        if !greeted {
+            queue.pop();
+        }
+    }
+
+    /// A new connection, greeted already (or one whose first frames the publisher's own
+    /// writes order: a pipe, a queue).
     pub fn push(&self, link: Box<dyn Link>) {
         self.queue
             .lock()
@@ -746,6 +765,15 @@ pub fn greet(fd: BorrowedFd<'_>, hello: &Hello, datagram: bool) -> io::Result<()
     write_all_until(fd, &out, datagram, Instant::now() + Duration::from_secs(1))
 }
 
+/// Write to a socket without raising `SIGPIPE` (a peer that hung up is `EPIPE`, not the end
+/// of a program that does not ignore the signal), or to any other descriptor.
+fn write_nosignal(fd: BorrowedFd<'_>, bytes: &[u8]) -> rustix::io::Result<usize> {
+    match rustix::net::send(fd, bytes, rustix::net::SendFlags::NOSIGNAL) {
+        Err(rustix::io::Errno::NOTSOCK) => rustix::io::write(fd, bytes),
+        other => other,
+    }
+}
+
 /// Write all of `bytes` to a non-blocking descriptor, polling for room until `deadline`.
 pub fn write_all_until(
     fd: BorrowedFd<'_>,
@@ -755,7 +783,7 @@ pub fn write_all_until(
 ) -> io::Result<()> {
     let mut off = 0;
     while off < bytes.len() {
-        match rustix::io::write(fd, &bytes[off..]) {
+        match write_nosignal(fd, &bytes[off..]) {
             Ok(n) if datagram && n != bytes.len() => {
                 return Err(io::Error::other("datagram cut short"))
             }
@@ -827,7 +855,7 @@ impl Acceptor {
     pub fn spawn(
         listener: std::os::fd::OwnedFd,
         arrivals: Arc<Arrivals>,
-        mut admit: impl FnMut(std::os::fd::OwnedFd) -> Option<Box<dyn Link>> + Send + 'static,
+        mut admit: impl FnMut(std::os::fd::OwnedFd, &Arrivals) + Send + 'static,
     ) -> io::Result<Self> {
         let (stop_read, stop_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let thread = std::thread::Builder::new()
@@ -848,11 +876,7 @@ impl Acceptor {
                     &listener,
                     rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
                 ) {
-                    Ok(conn) => {
-                        if let Some(link) = admit(conn) {
-                            arrivals.push(link);
-                        }
-                    }
+                    Ok(conn) => admit(conn, &arrivals),
                     Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
                     Err(rustix::io::Errno::CONNABORTED) => {}
                     // EMFILE and the like: wait a little rather than spin.

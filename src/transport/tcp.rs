@@ -590,10 +590,9 @@ fn answer(fd: OwnedFd, request: &[u8], shared: &Shared) {
     let Some((hello, arrivals)) = topic else {
         return refuse(fd, Refusal::NoSuchTopic);
     };
-    // The hello goes before the connection joins the fan-out: no data frame can precede it.
-    if send_whole(fd.as_fd(), &hello) {
-        arrivals.push(Box::new(FdLink::socket(fd)));
-    }
+    // Joined and greeted at once (see `Arrivals::admit`): no data frame can precede the hello,
+    // and nothing published after the subscriber has it is missed.
+    arrivals.admit(Box::new(FdLink::socket(fd)), |fd| send_whole(fd, &hello));
 }
 
 // ---------------------------------------------------------------------------------------------

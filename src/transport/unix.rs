@@ -141,12 +141,12 @@ impl Transport for Unix {
         let arrivals = Arc::new(Arrivals::default());
         let hello = endpoint.hello.clone();
         let allowed = self.allowed.clone();
-        let acceptor = Acceptor::spawn(listener, arrivals.clone(), move |conn| {
-            if !peer_allowed(&conn, &allowed) {
-                return None;
+        let acceptor = Acceptor::spawn(listener, arrivals.clone(), move |conn, arrivals| {
+            if peer_allowed(&conn, &allowed) {
+                arrivals.admit(Box::new(FdLink::socket(conn)), |fd| {
+                    link::greet(fd, &hello, true).is_ok()
+                });
             }
-            link::greet(conn.as_fd(), &hello, true).ok()?;
-            Some(Box::new(FdLink::socket(conn)))
         });
         let acceptor = match acceptor {
             Ok(a) => a,

@@ -119,6 +119,12 @@ pub fn arg_or(key: &str, default: &str) -> String {
     std::env::var(format!("{ARG_VAR}{}", key.to_uppercase())).unwrap_or_else(|_| default.into())
 }
 
+/// A child's argument `key` parsed as a number, or `default` if the parent did not pass it.
+pub fn arg_u64_or(key: &str, default: u64) -> u64 {
+    std::env::var(format!("{ARG_VAR}{}", key.to_uppercase()))
+        .map_or(default, |v| v.parse().expect("a numeric argument"))
+}
+
 /// A child's argument `key` parsed as a number.
 pub fn arg_u64(key: &str) -> u64 {
     arg(key)
