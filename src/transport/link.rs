@@ -438,6 +438,26 @@ pub trait Source: Send {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<Got>;
     /// Sleep until there may be something to read, or `deadline` (`None`: no limit).
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()>;
+    /// Read, waiting until there is something to read or `deadline` (`None`: no limit):
+    /// `Got::Nothing` once it passes. By default a read, and if it finds nothing a wait and
+    /// a read again (one system call while messages are waiting, three for a subscriber that
+    /// waits for each); a source that can block in the read itself (a socket under
+    /// `SO_RCVTIMEO`) does it in one system call either way.
+    fn read_wait(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Got> {
+        match self.read(buf)? {
+            Got::Nothing => {
+                self.wait(deadline)?;
+                self.read(buf)
+            }
+            got => Ok(got),
+        }
+    }
+    /// Whether the kernel tells this source's end (a stream's end of file, a reset): its
+    /// publisher's liveness need not be polled while it waits. A file or a queue says `false`
+    /// (and answers [`Source::publisher_alive`]).
+    fn end_is_told(&self) -> bool {
+        true
+    }
     /// Whether the publisher `hello` names is alive, for a source whose end is not told by
     /// the kernel (a file, a queue). Streams say `true`: their end is `Got::End`.
     fn publisher_alive(&self, hello: &Hello) -> bool {
@@ -632,8 +652,9 @@ impl<S: Source> Framed<S> {
         RecvError::BadFrame(e)
     }
 
-    /// The next frame already in the buffer, or read without waiting.
-    fn poll(&mut self) -> Result<Option<frame::Found>, RecvError> {
+    /// The next frame already in the buffer, or read: without waiting (`wait` is `None`), or
+    /// waiting until the deadline it holds (`Some(None)`: no limit).
+    fn poll(&mut self, wait: Option<Option<Instant>>) -> Result<Option<frame::Found>, RecvError> {
         let max = self.expect.max_len;
         loop {
             if !self.source.datagram() {
@@ -643,10 +664,14 @@ impl<S: Source> Framed<S> {
                     Err(e) => return Err(self.bad(e)),
                 }
             }
-            let got = if self.source.datagram() {
-                self.source.read(self.buf.datagram_room())
+            let room = if self.source.datagram() {
+                self.buf.datagram_room()
             } else {
-                self.source.read(self.buf.spare())
+                self.buf.spare()
+            };
+            let got = match wait {
+                None => self.source.read(room),
+                Some(deadline) => self.source.read_wait(room, deadline),
             };
             match got {
                 Ok(Got::Bytes(n)) if self.source.datagram() => {
@@ -689,9 +714,23 @@ impl<S: Source> FrameReceiver for Framed<S> {
         if self.state != State::Open {
             return Err(self.ended());
         }
+        // A source whose end the kernel does not tell is asked about its publisher every
+        // LIVENESS_CHECK while this waits.
+        let liveness = !self.source.end_is_told();
         let mut check_at = Instant::now() + LIVENESS_CHECK;
         loop {
-            if let Some(found) = self.poll()? {
+            let until = match deadline {
+                _ if !liveness => deadline,
+                None => Some(check_at),
+                Some(d) => Some(d.min(check_at)),
+            };
+            // Waiting in the read itself: one system call per message for a subscriber that
+            // waits for each (a read that finds nothing, a poll, then a read cost three).
+            let wait = match until {
+                Some(u) if u <= Instant::now() => None,
+                _ => Some(until),
+            };
+            if let Some(found) = self.poll(wait)? {
                 match found.header.kind {
                     FrameKind::Data => {
                         let h: FrameHeader = found.header;
@@ -717,10 +756,10 @@ impl<S: Source> FrameReceiver for Framed<S> {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
-            if now >= check_at {
+            if liveness && now >= check_at {
                 if !self.source.publisher_alive(&self.hello) {
                     // One more look: what it wrote before it died is delivered first.
-                    if let Some(found) = self.poll()? {
+                    if let Some(found) = self.poll(None)? {
                         let _ = found;
                         continue;
                     }
@@ -728,13 +767,6 @@ impl<S: Source> FrameReceiver for Framed<S> {
                     return Err(self.ended());
                 }
                 check_at = now + LIVENESS_CHECK;
-            }
-            let until = deadline.map_or(check_at, |d| d.min(check_at));
-            if let Err(e) = self.source.wait(Some(until)) {
-                return Err(RecvError::Io {
-                    kind: e.kind(),
-                    detail: e.to_string(),
-                });
             }
         }
     }
@@ -897,5 +929,55 @@ impl Drop for Acceptor {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A blocking receive that returns by a deadline, for a socket subscriber: the socket is put in
+/// blocking mode (its non-blocking reads pass `MSG_DONTWAIT`) and `SO_RCVTIMEO` is set to
+/// what is left before each wait, only when it changes (a subscriber waiting with no deadline
+/// sets it once). Deadlines closer than [`RecvTimeout::FINEST`] are waited for with `poll`,
+/// whose timer is finer than the socket's (jiffies).
+#[derive(Debug, Default)]
+pub struct RecvTimeout {
+    /// What `SO_RCVTIMEO` holds now (`None`: not set by us, the kernel's default: no limit).
+    current: Option<Duration>,
+    blocking: bool,
+}
+
+impl RecvTimeout {
+    /// Below this, the socket's timer (rounded up to jiffies) could overshoot by more than
+    /// the wait itself.
+    pub const FINEST: Duration = Duration::from_millis(5);
+
+    /// Get `fd` ready for a blocking receive that returns by `deadline` (`None`: no limit).
+    /// `Ok(false)`: the deadline is too close for the socket's timer (wait with `poll`).
+    pub fn arm(&mut self, fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+        let timeout = match deadline {
+            None => Duration::ZERO,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < Self::FINEST {
+                    return Ok(false);
+                }
+                // Whole milliseconds, rounded up: a new value on every call of a subscriber
+                // with a deadline would cost a system call each.
+                Duration::from_millis(left.as_millis() as u64 + 1)
+            }
+        };
+        if !self.blocking {
+            let flags = rustix::fs::fcntl_getfl(fd)?;
+            rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::NONBLOCK)?;
+            self.blocking = true;
+        }
+        if self.current != Some(timeout) {
+            let value = (!timeout.is_zero()).then_some(timeout);
+            rustix::net::sockopt::set_socket_timeout(
+                fd,
+                rustix::net::sockopt::Timeout::Recv,
+                value,
+            )?;
+            self.current = Some(timeout);
+        }
+        Ok(true)
     }
 }

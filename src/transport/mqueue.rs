@@ -1166,6 +1166,11 @@ impl Source for QueueSource {
         link::wait_readable(self.queue.fd(), deadline)
     }
 
+    fn end_is_told(&self) -> bool {
+        // A queue has no end: the publisher's lock says whether it lives.
+        false
+    }
+
     fn publisher_alive(&self, hello: &Hello) -> bool {
         // The publisher's lock goes with its last descriptor, whatever way it ends, and reads
         // the same from another pid namespace; its identity is the fallback.

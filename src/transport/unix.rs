@@ -4,7 +4,7 @@
 //! a frame is sent or refused whole. Both sides check the other's credentials
 //! (`SO_PEERCRED`): the same user, or a user allowed with [`Unix::allow_uid`].
 
-use super::link::{self, Acceptor, Arrivals, FanOut, FdLink, Framed, Got, Source};
+use super::link::{self, Acceptor, Arrivals, FanOut, FdLink, Framed, Got, RecvTimeout, Source};
 use super::{Endpoint, FrameReceiver, FrameSender, Transport};
 use crate::error::{CreateError, OpenError};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -201,7 +201,11 @@ impl Transport for Unix {
                 reason: "the socket's publisher runs as another user".into(),
             });
         }
-        let framed = Framed::open(SeqSource { fd }, endpoint, deadline)?;
+        let source = SeqSource {
+            fd,
+            timeout: RecvTimeout::default(),
+        };
+        let framed = Framed::open(source, endpoint, deadline)?;
         Ok(Box::new(framed))
     }
 }
@@ -209,20 +213,13 @@ impl Transport for Unix {
 /// A connected seqpacket socket, read one frame (datagram) at a time.
 struct SeqSource {
     fd: OwnedFd,
+    timeout: RecvTimeout,
 }
 
-impl Source for SeqSource {
-    fn datagram(&self) -> bool {
-        true
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<Got> {
+impl SeqSource {
+    fn recv(&mut self, buf: &mut [u8], flags: rustix::net::RecvFlags) -> io::Result<Got> {
         let room = buf.len();
-        match rustix::net::recv(
-            &self.fd,
-            buf,
-            rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::TRUNC,
-        ) {
+        match rustix::net::recv(&self.fd, buf, flags | rustix::net::RecvFlags::TRUNC) {
             // Frames are never empty: 0 is the end.
             Ok((_, 0)) => Ok(Got::End),
             // Longer than the buffer (the rest was dropped): reported as what it claims,
@@ -232,6 +229,24 @@ impl Source for SeqSource {
             Err(rustix::io::Errno::CONNRESET) => Ok(Got::End),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl Source for SeqSource {
+    fn datagram(&self) -> bool {
+        true
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Got> {
+        self.recv(buf, rustix::net::RecvFlags::DONTWAIT)
+    }
+
+    fn read_wait(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Got> {
+        if self.timeout.arm(self.fd.as_fd(), deadline)? {
+            return self.recv(buf, rustix::net::RecvFlags::empty());
+        }
+        self.wait(deadline)?;
+        self.read(buf)
     }
 
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
