@@ -3,7 +3,8 @@
 //! with `--plot`, whose file must be an SVG that parses and draws each series of the group.
 //! And the `--plot` mistakes said before anything runs. One transport's rows (`--only unix`:
 //! the library over Unix seqpacket sockets beside a bare seqpacket socket pair, a round trip
-//! and a stream) print their ratios in the table and the JSON lines, and leave nothing behind.
+//! and a stream; `--only pipe-transport`: over pipes the parent hands its child, beside a bare
+//! pipe) print their ratios in the table and the JSON lines, and leave nothing behind.
 //! No test here looks at a figure: the harness measures, tests check behaviour.
 
 mod common;
@@ -198,12 +199,38 @@ fn plot_mistakes_are_said_before_the_run() {
 
 #[test]
 fn bench_runs_one_transports_rows() {
+    // A transport's name selects its rows, not every case whose name holds it (the futex
+    // group's unix-socket-64B).
+    transport_rows(
+        "unix",
+        ["unix-64B", "raw-seqpacket-64B"],
+        ["unix-stream-64B", "raw-seqpacket-stream-64B"],
+        "unix-socket-64B",
+    );
+}
+
+#[test]
+fn bench_runs_the_pipe_transports_rows() {
+    // The pipe has no spec: the parent makes the pipes and the child takes its ends from its
+    // --fd arguments. Its rows are not the futex group's bare pipe-64B.
+    transport_rows(
+        "pipe-transport",
+        ["pipe-transport-64B", "raw-pipe-64B"],
+        ["pipe-transport-stream-64B", "raw-pipe-stream-64B"],
+        "| pipe-64B",
+    );
+}
+
+/// Runs `shmbus bench --quick --only WORD`: its round trip `latency` and its stream `stream`
+/// (each a case and its limit) run, and nothing else (`not` is not in the table); both print
+/// a ratio in the table and in the JSON lines, which parse; the run's directory is gone.
+fn transport_rows(word: &str, latency: [&str; 2], stream: [&str; 2], not: &str) {
     let json = TempFile::new("out.jsonl");
     let args = [
         "bench",
         "--quick",
         "--only",
-        "unix",
+        word,
         "--out",
         path_str(&json.0),
     ];
@@ -211,17 +238,15 @@ fn bench_runs_one_transports_rows() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "shmbus {args:?} failed: {stderr}");
-    // A transport's name selects its rows, not every case whose name holds it (the futex
-    // group's unix-socket-64B).
     assert!(
-        stderr.contains("bench: [1/2] unix-64B | raw-seqpacket-64B"),
+        stderr.contains(&format!("bench: [1/2] {} | {}", latency[0], latency[1])),
         "{stderr}"
     );
     assert!(
-        stderr.contains("bench: [2/2] unix-stream-64B | raw-seqpacket-stream-64B"),
+        stderr.contains(&format!("bench: [2/2] {} | {}", stream[0], stream[1])),
         "{stderr}"
     );
-    assert!(!stdout.contains("unix-socket-64B"), "{stdout}");
+    assert!(!stdout.contains(not), "{stdout}");
 
     // The table: each row beside its limit, its ratio in the last column.
     let ratio_of = |prefix: &str| -> f64 {
@@ -232,8 +257,8 @@ fn bench_runs_one_transports_rows() {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
         cells.last().unwrap().parse().expect("a ratio")
     };
-    assert!(ratio_of("| unix-64B | raw-seqpacket-64B |") > 0.0);
-    assert!(ratio_of("| unix-stream-64B | raw-seqpacket-stream-64B |") > 0.0);
+    assert!(ratio_of(&format!("| {} | {} |", latency[0], latency[1])) > 0.0);
+    assert!(ratio_of(&format!("| {} | {} |", stream[0], stream[1])) > 0.0);
 
     // The JSON lines: one object per case, with its limit and ratio.
     let text = std::fs::read_to_string(&json.0).expect("the --out file");
@@ -242,22 +267,22 @@ fn bench_runs_one_transports_rows() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(lines.len(), 2, "{text}");
-    let latency = &lines[0];
-    assert_eq!(latency["kind"], "latency");
-    assert_eq!(latency["case"], "unix-64B");
-    assert_eq!(latency["limit"], "raw-seqpacket-64B");
-    assert_eq!(latency["payload_bytes"], 64);
-    assert_eq!(latency["round_trips"], 10_000);
-    assert!(latency["ratio_p50"].as_f64().unwrap() > 0.0);
-    assert!(latency["limit_p50_ns"].as_u64().unwrap() > 0);
-    let stream = &lines[1];
-    assert_eq!(stream["kind"], "throughput");
-    assert_eq!(stream["case"], "unix-stream-64B");
-    assert_eq!(stream["limit"], "raw-seqpacket-stream-64B");
+    let row = &lines[0];
+    assert_eq!(row["kind"], "latency");
+    assert_eq!(row["case"], latency[0]);
+    assert_eq!(row["limit"], latency[1]);
+    assert_eq!(row["payload_bytes"], 64);
+    assert_eq!(row["round_trips"], 10_000);
+    assert!(row["ratio_p50"].as_f64().unwrap() > 0.0);
+    assert!(row["limit_p50_ns"].as_u64().unwrap() > 0);
+    let row = &lines[1];
+    assert_eq!(row["kind"], "throughput");
+    assert_eq!(row["case"], stream[0]);
+    assert_eq!(row["limit"], stream[1]);
     // A tenth of --quick's 2*10^6: a copying transport's share.
-    assert_eq!(stream["messages"], 200_000);
-    assert!(stream["ratio"].as_f64().unwrap() > 0.0);
-    assert!(stream["msgs_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(row["messages"], 200_000);
+    assert!(row["ratio"].as_f64().unwrap() > 0.0);
+    assert!(row["msgs_per_s"].as_f64().unwrap() > 0.0);
 
     // Its directory (the sockets) is gone with it.
     let run = format!("shmbus-bench-{pid}-");

@@ -39,7 +39,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use super::raw::parse_stream_reply;
 use super::{Ctx, RoundTrip, Stream, StreamBlock};
 use crate::error::{bail, Context, Error, Result};
-use crate::peer::{take_inherited_fd, Control, InheritedFd, Peer};
+use crate::peer::{take_inherited_fd, Control, Peer};
 use crate::stats::timed_round_trips;
 
 /// The message size of every case.
@@ -217,16 +217,7 @@ fn tcp_pair() -> Result<(TcpStream, TcpStream)> {
 
 /// Starts the peer for `case`, passing it `fds` (in order) by number.
 fn spawn_with(ctx: &Ctx, case: &str, fds: &[OwnedFd]) -> Result<Peer> {
-    let inherited = fds
-        .iter()
-        .map(|fd| InheritedFd::new(fd.as_fd()))
-        .collect::<Result<Vec<_>>>()?;
-    let mut args = Vec::new();
-    for fd in &inherited {
-        args.push("--fd".to_string());
-        args.push(fd.number().to_string());
-    }
-    ctx.spawn(case, &args)
+    ctx.spawn_inheriting(case, fds, &[])
 }
 
 /// The parent side of a round trip: writes a message, reads the echo.

@@ -19,6 +19,7 @@ mod shm;
 mod transport;
 
 use std::io::{IsTerminal, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +30,7 @@ use shmbus::Bus;
 
 use crate::affinity::{self, CpuPair};
 use crate::error::{bail, Context, Error, Result};
-use crate::peer::{self, Control, Peer};
+use crate::peer::{self, Control, InheritedFd, Peer};
 use crate::stats::{self, Latency};
 use crate::sweep::{self, Sweep};
 use crate::watchdog::{self, Watchdog};
@@ -59,10 +60,10 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-overwrite-burst-8sub-64B   the same in bursts of 64 with   limit the same with 1 sub
                                  pauses (subscribers keep pace)
 
-Transport rows (--only transport: all of them; --only unix, tcp, mqueue, mmap, fifo, file:
-one transport's). The library's Publisher and Subscriber over each transport, 64-byte
-messages, a subscriber that sleeps in the kernel, beside the primitive the transport wraps
-driven with bare blocking calls and no framing:
+Transport rows (--only transport: all of them; --only unix, tcp, mqueue, mmap, fifo, file,
+pipe-transport: one transport's). The library's Publisher and Subscriber over each
+transport, 64-byte messages, a subscriber that sleeps in the kernel, beside the primitive
+the transport wraps driven with bare blocking calls and no framing:
   unix-64B, unix-stream-64B      round trip, one-way stream      limit raw-seqpacket-64B,
                                                                  raw-seqpacket-stream-64B
   tcp-64B, tcp-stream-64B        loopback, TCP_NODELAY           limit raw-tcp-64B,
@@ -78,6 +79,10 @@ driven with bare blocking calls and no framing:
                                                                  raw-pipe-stream-64B
   file-64B, file-stream-64B      once the build has file:DIR     limit raw-file-64B (write,
                                  (a spool)                       inotify, pread), -stream-64B
+  pipe-transport-64B,            pipes made by the parent, each  limit raw-pipe-64B,
+  pipe-transport-stream-64B      side's bus on its end           raw-pipe-stream-64B
+                                 (Pipe::from_fd); not pipe-64B,
+                                 the futex group's bare pipe
 A full run measures every row; --quick without --only measures only unix-64B (a smoke
 check). The copying transports' streams carry a tenth of --messages.";
 
@@ -125,7 +130,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     blocks: u64,
     /// Run only the groups with a case whose name contains TEXT (repeatable). `transport`, or
-    /// a transport's name (unix, tcp, mqueue, mmap, fifo, file), selects those transport rows.
+    /// a transport's name (unix, tcp, mqueue, mmap, fifo, file, pipe-transport), selects those
+    /// transport rows.
     #[arg(long, value_name = "TEXT")]
     only: Vec<String>,
     /// The two CPUs to pin the processes to, as PARENT,CHILD [default: the first two allowed].
@@ -211,6 +217,22 @@ impl Ctx {
         }
         args.extend_from_slice(extra);
         Peer::spawn(&format!("the {case} peer"), &args, Some(&self.watchdog))
+    }
+
+    /// Starts `__bench-peer <case>` with `extra` arguments, handing it inheritable copies of
+    /// `fds`, each named by a `--fd N` in order (the copies are closed here once it has them).
+    pub fn spawn_inheriting(&self, case: &str, fds: &[OwnedFd], extra: &[String]) -> Result<Peer> {
+        let inherited = fds
+            .iter()
+            .map(|fd| InheritedFd::new(fd.as_fd()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut args = Vec::new();
+        for fd in &inherited {
+            args.push("--fd".to_string());
+            args.push(fd.number().to_string());
+        }
+        args.extend_from_slice(extra);
+        self.spawn(case, &args)
     }
 }
 
@@ -424,11 +446,17 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
     };
     let case = args.case.as_str();
     let shm_bus = peer_bus(&args)?;
+    let row = transport::row(case);
+    let pipes = match row {
+        Some(r) if r.inherited() => Some(transport::Pipes::inherited(r, &args.fd)?),
+        _ => None,
+    };
     let place = transport::Place {
         shm: &shm_bus,
-        row: transport::row(case),
+        row,
         dir: args.dir.as_deref(),
         prefix: &args.prefix,
+        pipes,
     };
     let spec = args.spec.as_str();
     match case {

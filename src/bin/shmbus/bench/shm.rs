@@ -15,7 +15,9 @@
 //! - `<transport>-64B`, `mmap-*-64B`: the same ping-pong over a transport row's transport; a
 //!   copying transport's subscribers use the default strategy, which sleeps in the kernel.
 //!   Each side creates the topic it publishes on and names its transport to the other (the
-//!   child in its `ready` reply), since a TCP publisher picks its own port.
+//!   child in its `ready` reply), since a TCP publisher picks its own port. The pipe rows'
+//!   pipes are made by the parent, which hands the child its ends when it starts it
+//!   (`Place::spawn`): each side's bus is over a `Pipe` taken from its end.
 //! - `shm-stream-*`: the parent publishes, the child receives and copies each message out,
 //!   one direction, polling; `shm-stream-slip-*` the same with a [`STREAM_SLIP`] slip (see
 //!   `SubscriberBuilder::slip`); `shm-stream-2pub-64B` with two publishers (two lanes of one
@@ -166,7 +168,7 @@ impl<T: BenchMessage> ShmPingPong<T> {
     /// opens the child's `<case>.pong`, and waits until the child's subscribers have joined.
     pub fn start(ctx: &Ctx, name: &'static str) -> Result<ShmPingPong<T>> {
         let wait = wait_of(name);
-        let place = ctx.place(name);
+        let place = ctx.place(name)?;
         let (ping, spec) = place
             .publish(|bus| {
                 bus.publisher::<T>(&format!("{name}.ping"))
@@ -175,7 +177,7 @@ impl<T: BenchMessage> ShmPingPong<T> {
                     .create()
             })
             .with_context(|| format!("{name}: creating topic {name}.ping"))?;
-        let mut peer = ctx.spawn(name, &spec_args(&spec))?;
+        let mut peer = place.spawn(ctx, name, &spec)?;
         let pong_spec = peer.expect("ready")?;
         let pong = place
             .subscriber_bus(&pong_spec)?
@@ -194,15 +196,6 @@ impl<T: BenchMessage> ShmPingPong<T> {
             pong,
             peer,
         })
-    }
-}
-
-/// The child's arguments that name the transport of the parent's topic (none for shm).
-fn spec_args(spec: &str) -> Vec<String> {
-    if spec.is_empty() {
-        Vec::new()
-    } else {
-        vec!["--spec".to_string(), spec.to_string()]
     }
 }
 
@@ -304,8 +297,8 @@ impl<T: BenchMessage> ShmStream<T> {
         let topic = format!("{name}.stream");
         let lanes = if name.contains("-2pub-") { 2 } else { 1 };
         let wait = stream_wait(name);
-        let (first, spec) = ctx
-            .place(name)
+        let place = ctx.place(name)?;
+        let (first, spec) = place
             .publish(|bus| {
                 bus.publisher::<T>(&topic)
                     .capacity(STREAM_CAPACITY as u64)
@@ -324,7 +317,7 @@ impl<T: BenchMessage> ShmStream<T> {
                     .with_context(|| format!("{name}: attaching to topic {topic}"))?,
             );
         }
-        let mut peer = ctx.spawn(name, &spec_args(&spec))?;
+        let mut peer = place.spawn(ctx, name, &spec)?;
         peer.expect("ready")?;
         if !publishers[0].wait_for_subscribers(1, OPEN_TIMEOUT) {
             bail!("{name}: the child's subscriber of {topic} did not join");

@@ -6,25 +6,33 @@
 //! `shmbus::transport::parse` takes), its case and its limit. A transport gets its rows by
 //! adding entries; a row whose spec this build's `parse` does not know is skipped, with a note
 //! in the report, so that the rows of a transport still being built appear once it is merged.
+//! The pipe transport has no spec (a pipe is a descriptor a parent hands its child): its rows'
+//! spec is `pipe`, and the parent makes the pipes and hands the child its ends ([`Pipes`]).
 //!
 //! Every name a row makes is private to the run: files and sockets under the run's directory
 //! (`$TMPDIR/shmbus-bench-<pid>-<stamp>`, mode 0700, removed at the end), message queues named
-//! with the run's prefix (removed at the end), TCP ports on loopback only. A run that was
-//! killed leaves its directory and queues: the next run removes those of every run whose
-//! process is gone (the directory's name gives the queues' prefix).
+//! with the run's prefix (removed at the end), TCP ports on loopback only; pipes have no name.
+//! A run that was killed leaves its directory and queues: the next run removes those of every
+//! run whose process is gone (the directory's name gives the queues' prefix).
 //!
 //! This module must never remove a directory or a queue that a live run may use, nor one
-//! that is not named as a run's own.
+//! that is not named as a run's own, nor hand a pipe's end to any process but the child of
+//! the case it was made for.
 
+use std::cell::{Cell, RefCell};
 use std::fs::DirBuilder;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::Pid;
+use shmbus::transport::Pipe;
 use shmbus::{Bus, CreateError};
 
 use super::Ctx;
 use crate::error::{bail, Context, Error, Result};
+use crate::peer::{take_inherited_fd, Peer};
 use crate::sweep;
 
 /// What a row measures.
@@ -42,7 +50,8 @@ pub struct Row {
     /// The transport's name: `--only NAME` selects its rows (`--only transport`, every row).
     pub transport: &'static str,
     /// The spec, as `shmbus::transport::parse` takes it: `{dir}` stands for the run's
-    /// directory, `{port}` for a free loopback port, picked by each topic's publisher.
+    /// directory, `{port}` for a free loopback port, picked by each topic's publisher; or
+    /// [`PIPE_SPEC`], pipes the parent hands its child ([`Pipes`]).
     pub spec: &'static str,
     /// What the row measures.
     pub kind: Kind,
@@ -58,10 +67,14 @@ pub struct Row {
     pub also: &'static [&'static str],
 }
 
+/// The spec of the rows over the pipe transport, which `parse` does not know: no name reaches
+/// a pipe, the parent makes it and hands the child its end ([`Pipes`]).
+pub const PIPE_SPEC: &str = "pipe";
+
 /// The transport rows. The fifo and file rows wait for those transports: until `parse`
-/// knows `fifo:DIR` and `file:DIR`, they are skipped with a note. A transport that is not
-/// named by a spec alone (the pipe: a descriptor a parent hands its child) needs a way to
-/// hand the child its end first.
+/// knows `fifo:DIR` and `file:DIR`, they are skipped with a note. The pipe transport's rows
+/// are named `pipe-transport-*`: `pipe-64B` is the futex group's bare pipe, what a user would
+/// use instead of shmbus, and `--only pipe` still selects every case named so.
 pub const ROWS: &[Row] = &[
     Row {
         transport: "unix",
@@ -166,6 +179,24 @@ pub const ROWS: &[Row] = &[
         also: &[],
     },
     Row {
+        transport: "pipe-transport",
+        spec: PIPE_SPEC,
+        kind: Kind::Latency,
+        case: "pipe-transport-64B",
+        limit: "raw-pipe-64B",
+        title: "pipe: 64-byte round trip over two inherited pipes, beside a bare pipe each way",
+        also: &[],
+    },
+    Row {
+        transport: "pipe-transport",
+        spec: PIPE_SPEC,
+        kind: Kind::Stream,
+        case: "pipe-transport-stream-64B",
+        limit: "raw-pipe-stream-64B",
+        title: "pipe: one-way stream over an inherited pipe, beside a bare pipe",
+        also: &[],
+    },
+    Row {
         transport: "file",
         spec: "file:{dir}",
         kind: Kind::Latency,
@@ -201,8 +232,18 @@ impl Row {
         !self.spec.starts_with("mmap:")
     }
 
+    /// Whether the row's topics go over pipes the parent makes and hands to its child
+    /// ([`Pipes`]) rather than over a transport a spec names.
+    pub fn inherited(&self) -> bool {
+        self.spec == PIPE_SPEC
+    }
+
     /// Why this build cannot run the row (its spec is not one `parse` knows), if it cannot.
     pub fn unavailable(&self) -> Option<String> {
+        if self.inherited() {
+            // The pipe transport is in every build.
+            return None;
+        }
         let probe = expand(self.spec, Path::new("/nonexistent"), Some(1));
         shmbus::transport::parse(&probe).err()
     }
@@ -248,8 +289,8 @@ pub fn bus(spec: &str, prefix: &str) -> Result<Bus> {
 /// How many ports a publisher tries when the one it picked is taken before it binds it.
 const PORT_TRIES: u32 = 20;
 
-/// Where a case's topics are, as either side sees them: the run's shared-memory bus, or the
-/// transport of the case's row, in the run's directory.
+/// Where a case's topics are, as either side sees them: the run's shared-memory bus, the
+/// transport of the case's row, in the run's directory, or the pipes of a pipe row.
 pub struct Place<'a> {
     /// The run's bus in /dev/shm, for the cases that are not a row's (and the shm limits).
     pub shm: &'a Bus,
@@ -259,6 +300,78 @@ pub struct Place<'a> {
     pub dir: Option<&'a Path>,
     /// The run's prefix.
     pub prefix: &'a str,
+    /// This side's pipe ends, for a row over pipes ([`Row::inherited`]).
+    pub pipes: Option<Pipes>,
+}
+
+/// The pipes of a pipe row, as one side holds them. A round trip has two: the parent's ping
+/// goes down one, the child's pong comes up the other; a stream has one, down. Each end is
+/// taken once, by the side's publisher (its write end) or its subscriber (its read end), as a
+/// [`Pipe`] that checks it. Not `Sync` (its ends are in cells): a side's place is used by the
+/// one thread that starts the case.
+pub struct Pipes {
+    /// This side's write end, for its publisher, until taken.
+    write: Cell<Option<OwnedFd>>,
+    /// This side's read end, for its subscriber, until taken.
+    read: Cell<Option<OwnedFd>>,
+    /// In the parent until the child is started ([`Place::spawn`]): the child's ends, in the
+    /// order its `--fd`s name them, its read end first.
+    theirs: RefCell<Vec<OwnedFd>>,
+}
+
+impl Pipes {
+    /// The parent's: makes the pipes of `row`, close-on-exec (the child gets inheritable
+    /// copies of its ends from [`Place::spawn`], and no other child gets any).
+    fn make(row: &Row) -> Result<Pipes> {
+        let (down_read, down_write) = pipe_with(PipeFlags::CLOEXEC).context("creating a pipe")?;
+        let mut theirs = vec![down_read];
+        let mut read = None;
+        if row.kind == Kind::Latency {
+            let (up_read, up_write) = pipe_with(PipeFlags::CLOEXEC).context("creating a pipe")?;
+            theirs.push(up_write);
+            read = Some(up_read);
+        }
+        Ok(Pipes {
+            write: Cell::new(Some(down_write)),
+            read: Cell::new(read),
+            theirs: RefCell::new(theirs),
+        })
+    }
+
+    /// The child's: the ends its parent handed it for `row`, by the numbers of its `--fd`s
+    /// (its read end, then for a round trip its write end).
+    pub fn inherited(row: &Row, fds: &[RawFd]) -> Result<Pipes> {
+        let want = if row.kind == Kind::Latency { 2 } else { 1 };
+        if fds.len() != want {
+            bail!("{}: wrong descriptors {fds:?}", row.case);
+        }
+        let read = take_inherited_fd(fds[0])?;
+        let write = fds.get(1).map(|&fd| take_inherited_fd(fd)).transpose()?;
+        Ok(Pipes {
+            write: Cell::new(write),
+            read: Cell::new(Some(read)),
+            theirs: RefCell::default(),
+        })
+    }
+
+    /// A bus over this side's write end (`write`) or read end, which it takes.
+    fn bus(&self, write: bool, prefix: &str) -> Result<Bus> {
+        let (end, which) = if write {
+            (&self.write, "write")
+        } else {
+            (&self.read, "read")
+        };
+        let Some(fd) = end.take() else {
+            bail!("this side has no {which} end of a pipe (or it was taken)");
+        };
+        let pipe =
+            Pipe::from_fd(fd).with_context(|| format!("taking the {which} end of a pipe"))?;
+        Bus::builder()
+            .prefix(prefix)
+            .transport(pipe)
+            .build()
+            .context("opening a bus over a pipe")
+    }
 }
 
 impl Place<'_> {
@@ -266,10 +379,16 @@ impl Place<'_> {
     /// and the spec of the transport it is on, which the other side needs to subscribe ("" for
     /// the shm bus). For a `{port}` spec, picks a free loopback port, and another while the
     /// one picked is taken by someone else before it is bound.
+    /// For a pipe row, the publisher is on this side's write end, and the spec is
+    /// [`PIPE_SPEC`].
     pub fn publish<P>(&self, make: impl Fn(&Bus) -> Result<P, CreateError>) -> Result<(P, String)> {
         let Some(row) = self.row else {
             return Ok((make(self.shm).map_err(Error::msg)?, String::new()));
         };
+        if let Some(pipes) = &self.pipes {
+            let bus = pipes.bus(true, self.prefix)?;
+            return Ok((make(&bus).map_err(Error::msg)?, PIPE_SPEC.to_string()));
+        }
         let dir = self.dir.ok_or_else(|| Error::msg("no run directory"))?;
         if !row.spec.contains("{port}") {
             let spec = expand(row.spec, dir, None);
@@ -287,16 +406,37 @@ impl Place<'_> {
         Err(last.map_or_else(|| Error::msg("no free port"), Error::msg))
     }
 
-    /// The bus to subscribe on, given the spec the publisher's side said ("" for shm).
+    /// The bus to subscribe on, given the spec the publisher's side said ("" for shm): for a
+    /// pipe row, over this side's read end.
     pub fn subscriber_bus(&self, spec: &str) -> Result<Bus> {
-        match self.row {
-            None => Bus::builder()
+        match (self.row, &self.pipes) {
+            (None, _) => Bus::builder()
                 .prefix(self.prefix)
                 .build()
                 .context("opening the bus"),
-            Some(_) if spec.is_empty() => bail!("the publisher named no transport"),
-            Some(_) => bus(spec, self.prefix),
+            (Some(_), Some(pipes)) if spec == PIPE_SPEC => pipes.bus(false, self.prefix),
+            (Some(_), Some(_)) => bail!("the publisher named {spec:?}, not the pipe"),
+            (Some(_), None) if spec.is_empty() => bail!("the publisher named no transport"),
+            (Some(_), None) => bus(spec, self.prefix),
         }
+    }
+
+    /// Starts the case's child, `__bench-peer <case>`, telling it the transport of this
+    /// side's topic (`spec`, as [`Place::publish`] returned it), and for a pipe row handing
+    /// it its ends, which this side closes once the child has them: it then sees the end of
+    /// each pipe when the child goes.
+    pub fn spawn(&self, ctx: &Ctx, case: &str, spec: &str) -> Result<Peer> {
+        let args = if spec.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--spec".to_string(), spec.to_string()]
+        };
+        let theirs = self
+            .pipes
+            .as_ref()
+            .map(|p| p.theirs.take())
+            .unwrap_or_default();
+        ctx.spawn_inheriting(case, &theirs, &args)
     }
 }
 
@@ -416,14 +556,21 @@ pub fn remove_stale_runs(head: &str) {
 }
 
 impl Ctx {
-    /// Where the topics of `case` are, on the parent's side.
-    pub fn place(&self, case: &str) -> Place<'_> {
-        Place {
+    /// Where the topics of `case` are, on the parent's side (for a pipe row, its pipes are
+    /// made here).
+    pub fn place(&self, case: &str) -> Result<Place<'_>> {
+        let row = row(case);
+        let pipes = match row {
+            Some(r) if r.inherited() => Some(Pipes::make(r)?),
+            _ => None,
+        };
+        Ok(Place {
             shm: &self.bus,
-            row: row(case),
+            row,
             dir: self.dir.as_ref().map(RunDir::path),
             prefix: &self.prefix,
-        }
+            pipes,
+        })
     }
 }
 
@@ -444,6 +591,10 @@ mod tests {
             assert_eq!(row(r.case).map(|o| o.limit), Some(r.limit));
         }
         assert!(!is_transport_word("shm-poll"));
+        // The pipe transport's rows, not the futex group's bare pipe-64B.
+        assert!(is_transport_word("pipe-transport"));
+        assert!(!is_transport_word("pipe"));
+        assert!(row("pipe-64B").is_none());
     }
 
     #[test]
@@ -456,5 +607,8 @@ mod tests {
         );
         assert!(row("unix-64B").unwrap().unavailable().is_none());
         assert!(row("mmap-poll-64B").is_some_and(|r| !r.copying()));
+        let pipe = row("pipe-transport-64B").unwrap();
+        assert!(pipe.inherited() && pipe.copying() && pipe.unavailable().is_none());
+        assert!(!row("unix-64B").unwrap().inherited());
     }
 }
