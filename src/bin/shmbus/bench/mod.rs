@@ -75,10 +75,10 @@ the transport wraps driven with bare blocking calls and no framing:
   mmap-poll-64B                  the ring in a file on disk      limit shm-poll-64B
   mmap-futex-nospin-64B          (pages resident), beside the    limit shm-futex-nospin-64B
   mmap-stream-64B                same case on /dev/shm           limit shm-stream-64B
-  fifo-64B, fifo-stream-64B      once the build has fifo:DIR     limit raw-pipe-64B,
+  fifo-64B, fifo-stream-64B      a FIFO per direction            limit raw-pipe-64B,
                                                                  raw-pipe-stream-64B
-  file-64B, file-stream-64B      once the build has file:DIR     limit raw-file-64B (write,
-                                 (a spool)                       inotify, pread), -stream-64B
+  file-64B, file-stream-64B      a spool file per direction      limit raw-file-64B (write,
+                                 (a tailing reader)              inotify, pread), -stream-64B
   pipe-transport-64B,            pipes made by the parent, each  limit raw-pipe-64B,
   pipe-transport-stream-64B      side's bus on its end           raw-pipe-stream-64B
                                  (Pipe::from_fd); not pipe-64B,

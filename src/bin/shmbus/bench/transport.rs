@@ -71,8 +71,8 @@ pub struct Row {
 /// a pipe, the parent makes it and hands the child its end ([`Pipes`]).
 pub const PIPE_SPEC: &str = "pipe";
 
-/// The transport rows. The fifo and file rows wait for those transports: until `parse`
-/// knows `fifo:DIR` and `file:DIR`, they are skipped with a note. The pipe transport's rows
+/// The transport rows (a row whose spec `parse` does not know is skipped with a note: a build
+/// without the transport). The pipe transport's rows
 /// are named `pipe-transport-*`: `pipe-64B` is the futex group's bare pipe, what a user would
 /// use instead of shmbus, and `--only pipe` still selects every case named so.
 pub const ROWS: &[Row] = &[
