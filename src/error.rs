@@ -496,7 +496,7 @@ pub enum RecvError {
 #[non_exhaustive]
 pub enum ArmError {
     /// The subscriber has no descriptor to wait on: its notifier is the futex or a semaphore,
-    /// or it reads through a copying transport.
+    /// or it reads a file.
     #[error(
         "this subscriber has no notifier descriptor (open it with an eventfd or signal notifier)"
     )]

@@ -584,3 +584,66 @@ fn a_block_publishers_last_send_is_delivered_without_another_call() {
         drop(publisher);
     });
 }
+
+/// A subscriber that waits in its own poll on `Subscriber::notify_fd` (an eventfd on a ring
+/// transport, its connection on a copying one) after `Subscriber::arm` is woken for every
+/// message and receives them all, in order. The file has no such descriptor (its readiness is
+/// not its data's) and says so.
+#[test]
+fn a_subscriber_polling_its_descriptor_receives_everything() {
+    each_transport("poll-fd", |spec, prefix| {
+        const N: u64 = 2_000;
+        let n = N.to_string();
+        let args = [
+            ("spec", spec),
+            ("prefix", prefix),
+            ("policy", "block"),
+            ("count", n.as_str()),
+        ];
+        let mut child = ChildProc::spawn("pub-u64", &args);
+        child.wait_for_line("READY");
+        let bus = bus(spec, prefix);
+        let mut builder = bus.subscriber::<u64>("t");
+        if !copying(spec) {
+            builder = builder.notifier(shmbus::Notifier::EventFd);
+        }
+        let mut subscriber = builder.open_timeout(OPEN).expect("open");
+        if never_full(spec) {
+            assert!(subscriber.notify_fd().is_none());
+            assert_eq!(subscriber.arm().err(), Some(shmbus::ArmError::NoDescriptor));
+            child.kill();
+            let _ = child.finish();
+            return;
+        }
+        let mut received = 0u64;
+        loop {
+            let got = subscriber.try_recv().map(|s| s.map(|s| (s.seq(), *s)));
+            match got {
+                Ok(Some(message)) => {
+                    assert_eq!(message, (received, received * 7 + 1));
+                    received += 1;
+                }
+                Ok(None) => {
+                    let Some(armed) = subscriber.arm().expect("a descriptor") else {
+                        continue;
+                    };
+                    let fd = armed.fd();
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    let timeout = rustix::time::Timespec {
+                        tv_sec: 20,
+                        tv_nsec: 0,
+                    };
+                    let ready = rustix::event::poll(&mut fds, Some(&timeout)).expect("poll");
+                    assert_eq!(ready, 1, "armed after {received} messages and never woken");
+                }
+                Err(RecvError::Disconnected) => break,
+                Err(e) => panic!("after {received} messages: {e}"),
+            }
+        }
+        assert_eq!(received, N);
+        child.finish().assert_success();
+    });
+}

@@ -301,6 +301,9 @@ impl<T: ?Sized> CopySubscriber<T> {
     pub(crate) fn last_stamp(&self) -> u64 {
         self.stamp
     }
+    pub(crate) fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.rx.fd()
+    }
     pub(crate) fn fingerprint(&self) -> TypeFingerprint {
         self.rx.hello().fingerprint
     }

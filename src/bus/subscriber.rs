@@ -1446,23 +1446,30 @@ impl<T: ?Sized> Subscriber<T> {
     }
 
     /// A descriptor that becomes readable when a publisher wakes this subscriber, for epoll,
-    /// mio or an async runtime: with [`Notifier::EventFd`] an epoll instance over the eventfd
-    /// (and the socket publishers fetch it through), with [`Notifier::Signal`] a signalfd
-    /// (poll it from the thread that arms). `None` with the futex or a semaphore, and on a
-    /// copying transport. Publishers post only to an armed subscriber: see
-    /// [`Subscriber::arm`] for the loop that uses it.
+    /// mio or an async runtime. On a ring transport: with [`Notifier::EventFd`] an epoll
+    /// instance over the eventfd (and the socket publishers fetch it through), with
+    /// [`Notifier::Signal`] a signalfd (poll it from the thread that arms); `None` with the
+    /// futex or a semaphore. On a copying transport: its connection (socket, pipe, FIFO,
+    /// queue), readable when bytes arrive; `None` for the file, whose readiness is not its
+    /// data's. See [`Subscriber::arm`] for the loop that uses it.
+    ///
+    /// A publisher that dies posts nothing: a program that waits on the descriptor alone also
+    /// wakes now and then to call [`Subscriber::recv_timeout`], which reports it.
     pub fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         match &self.imp {
             SubImp::Ring(s) => s.notify_fd(),
-            SubImp::Copy(_) => None,
+            SubImp::Copy(s) => s.fd(),
         }
     }
 
-    /// Get ready to wait on [`Subscriber::notify_fd`] outside shmbus: arm the notifier (the
-    /// next publisher's wake-up posts to it) and count as a sleeper. `Ok(None)` when a message,
-    /// or the topic's end, is there already: receive instead of waiting. Hold the returned
-    /// guard while you wait for the descriptor to be readable; dropping it disarms and takes
-    /// the posts that came. A message that arrives while armed is always posted.
+    /// Get ready to wait on [`Subscriber::notify_fd`] outside shmbus: on a ring transport, arm
+    /// the notifier (the next publisher's wake-up posts to it) and count as a sleeper;
+    /// `Ok(None)` when a message, or the topic's end, is there already: receive instead of
+    /// waiting. Hold the returned guard while you wait for the descriptor to be readable;
+    /// dropping it disarms and takes the posts that came. A message that arrives while armed
+    /// is always posted. On a copying transport there is nothing to arm: the guard only
+    /// lends the connection's descriptor (receive until `try_recv` says `None` before each
+    /// wait: what it has read already does not make the descriptor readable again).
     ///
     /// ```no_run
     /// # use shmbus::wait::Notifier;
@@ -1486,8 +1493,15 @@ impl<T: ?Sized> Subscriber<T> {
     pub fn arm(&mut self) -> Result<Option<Armed<'_, T>>, ArmError> {
         match &mut self.imp {
             // `then`, not `then_some`: a guard built for nothing would disarm on its drop.
-            SubImp::Ring(s) => Ok(s.arm()?.then(|| Armed { subscriber: s })),
-            SubImp::Copy(_) => Err(ArmError::NoDescriptor),
+            SubImp::Ring(s) => Ok(s.arm()?.then(|| Armed {
+                on: ArmedOn::Ring(s),
+            })),
+            SubImp::Copy(s) => match s.fd() {
+                Some(fd) => Ok(Some(Armed {
+                    on: ArmedOn::Copy(fd),
+                })),
+                None => Err(ArmError::NoDescriptor),
+            },
         }
     }
 }
@@ -1497,21 +1511,34 @@ impl<T: ?Sized> Subscriber<T> {
 #[must_use = "dropping the guard disarms at once"]
 #[derive(Debug)]
 pub struct Armed<'s, T: ?Sized> {
-    subscriber: &'s mut RingSubscriber<T>,
+    on: ArmedOn<'s, T>,
+}
+
+#[derive(Debug)]
+enum ArmedOn<'s, T: ?Sized> {
+    /// A ring subscriber whose notifier is armed.
+    Ring(&'s mut RingSubscriber<T>),
+    /// A copying subscriber's connection.
+    Copy(std::os::fd::BorrowedFd<'s>),
 }
 
 impl<T: ?Sized> Armed<'_, T> {
     /// The descriptor to wait on ([`Subscriber::notify_fd`]).
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.subscriber
-            .notify_fd()
-            .expect("only a subscriber with a notifier descriptor is armed")
+        match &self.on {
+            ArmedOn::Ring(s) => s
+                .notify_fd()
+                .expect("only a subscriber with a notifier descriptor is armed"),
+            ArmedOn::Copy(fd) => *fd,
+        }
     }
 }
 
 impl<T: ?Sized> Drop for Armed<'_, T> {
     fn drop(&mut self) {
-        self.subscriber.disarm();
+        if let ArmedOn::Ring(s) = &mut self.on {
+            s.disarm();
+        }
     }
 }
 

@@ -57,6 +57,12 @@ pub trait FrameReceiver: Send + fmt::Debug {
     fn lost(&self) -> u64;
     /// The sequence number expected next (0 before the first message).
     fn next_seq(&self) -> u64;
+    /// The descriptor that becomes readable when bytes arrive, if the source has one whose
+    /// readiness is its data's (a socket, a pipe, a queue): for a subscriber that waits in its
+    /// own epoll. `None` by default.
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// A data frame received: its sequence number and where its payload lies.
@@ -452,6 +458,12 @@ pub trait Source: Send {
             got => Ok(got),
         }
     }
+    /// The descriptor that becomes readable when bytes arrive, for a subscriber that waits in
+    /// its own epoll ([`Subscriber::notify_fd`](crate::Subscriber::notify_fd)); `None` by
+    /// default (a source whose readiness is not its data's).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Whether the kernel tells this source's end (a stream's end of file, a reset): its
     /// publisher's liveness need not be polled while it waits. A file or a queue says `false`
     /// (and answers [`Source::publisher_alive`]).
@@ -781,6 +793,10 @@ impl<S: Source> FrameReceiver for Framed<S> {
 
     fn next_seq(&self) -> u64 {
         self.expect.next_seq.unwrap_or(0)
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.source.fd()
     }
 }
 

@@ -1162,6 +1162,10 @@ impl Source for QueueSource {
         }
     }
 
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.queue.fd())
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         link::wait_readable(self.queue.fd(), deadline)
     }

@@ -519,6 +519,10 @@ impl Source for StreamSource {
         link::read_fd(self.fd.as_fd(), buf)
     }
 
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.fd.as_fd())
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         if self.served < self.replay.len() {
             return Ok(());

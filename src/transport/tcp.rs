@@ -805,6 +805,10 @@ impl Source for TcpSource {
         self.read(buf)
     }
 
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.fd.as_fd())
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         if self.at < self.head.len() {
             return Ok(());

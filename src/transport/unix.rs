@@ -249,6 +249,10 @@ impl Source for SeqSource {
         self.read(buf)
     }
 
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.fd.as_fd())
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         link::wait_readable(self.fd.as_fd(), deadline)
     }
