@@ -26,10 +26,10 @@
 //! being written is waited for while its publisher lives; a torn frame left by a dead
 //! publisher ends the stream with [`RecvError::PublisherGone`] after every whole frame before
 //! it. Liveness is the hello's pid and process start time
-//! ([`identity_alive`](crate::segment::identity_alive)). The publisher counts subscribers with
-//! inotify too: opens of the spool less its closes (a killed subscriber's descriptors are
-//! closed by the kernel), so any reader of the file counts, `tail` included; where inotify is
-//! not available (its per-user limits reached) the publisher counts none.
+//! ([`identity_alive`](crate::segment::identity_alive)). The publisher counts its subscribers
+//! by the read lock each holds on the spool's first byte (an open-file-description lock, which
+//! the kernel drops when the subscriber closes or dies), as `/proc/locks` lists them; a plain
+//! reader of the file (`tail`) is not counted.
 //!
 //! **Policies.** A file is never full: under every policy (Block, Overwrite, Fail) the
 //! publisher never waits and nothing is lost. A write that fails (no space left, a file too
@@ -41,8 +41,8 @@
 //! **What it costs**: a `write` per message on the publisher's side, a `pread` (and, when
 //! idle, a `poll` on inotify) per batch on each subscriber's; a subscriber that starts from the
 //! end or from the last N messages reads the frame headers of the whole file once to find
-//! where to start (frames carry their lengths; there is no index). Each subscriber and
-//! publisher holds an inotify instance, whose close costs the kernel a few milliseconds (it
+//! where to start (frames carry their lengths; there is no index). Each subscriber holds an
+//! inotify instance, whose close costs the kernel a few milliseconds (it
 //! waits for a grace period): dropping one is not free. Frames carry no checksum: a
 //! corrupt header is a typed error ([`RecvError::BadFrame`], or [`OpenError::Refused`] when
 //! found while positioning), a corrupt payload byte is delivered as it is. Nothing is
@@ -63,7 +63,6 @@ use crate::layout::{PayloadKind, Policy, TypeFingerprint};
 use crate::segment::SegmentError;
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
@@ -305,56 +304,73 @@ fn scan(fd: BorrowedFd<'_>, limit: u64, stop_at_data: Option<u64>) -> Result<Sca
 // ---------------------------------------------------------------------------------------------
 // The publisher's side.
 
-/// Counts the open descriptors of the spool that are not the publisher's: inotify's opens
-/// less its closes, from when the watch was set.
-struct OpenCount {
-    inotify: OwnedFd,
-    open: i64,
-    buf: Vec<MaybeUninit<u8>>,
+/// Where a subscriber's read lock lies on the spool: byte 0 (the publisher's exclusive lock is
+/// a `flock`, which open-file-description locks do not meet).
+const READER_LOCK_AT: i64 = 0;
+
+fn reader_lock_range(kind: libc::c_int) -> libc::flock {
+    // SAFETY: an all-zero `flock` is a valid value; the fields that matter are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = READER_LOCK_AT;
+    fl.l_len = 1;
+    fl
 }
 
-impl OpenCount {
-    fn watch(path: &Path) -> Option<Self> {
-        use rustix::fs::inotify;
-        let fd =
-            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
-        inotify::add_watch(
-            &fd,
-            path,
-            inotify::WatchFlags::OPEN
-                | inotify::WatchFlags::CLOSE_WRITE
-                | inotify::WatchFlags::CLOSE_NOWRITE
-                | inotify::WatchFlags::DONT_FOLLOW,
-        )
-        .ok()?;
+/// Mark `fd` (a subscriber's, read-only) as a reader of the spool: a read lock on the open file
+/// description, which the kernel drops when its last descriptor closes, the process dies
+/// included. Best effort: a file system without such locks leaves the reader uncounted.
+fn mark_reader(fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let fl = reader_lock_range(libc::F_RDLCK);
+    // SAFETY: `F_OFD_SETLK` reads the `flock` the pointer points at during the call; `fd` is
+    // open (borrowed).
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+}
+
+/// Counts the subscribers of a spool: the read locks they hold on it (`mark_reader`), as
+/// `/proc/locks` lists them. Why not inotify's opens less its closes: inotify merges an event
+/// with an identical one not yet read, so two subscribers opening at once counted as one.
+struct ReaderCount {
+    /// The spool as `/proc/locks` names it: `MAJOR:MINOR:INODE` (hex, hex, decimal).
+    id: String,
+}
+
+impl ReaderCount {
+    fn of(fd: BorrowedFd<'_>) -> Option<Self> {
+        let st = rustix::fs::fstat(fd).ok()?;
+        let dev = st.st_dev;
         Some(Self {
-            inotify: fd,
-            open: 0,
-            buf: vec![MaybeUninit::uninit(); 4096],
+            id: format!(
+                "{:02x}:{:02x}:{}",
+                rustix::fs::major(dev),
+                rustix::fs::minor(dev),
+                st.st_ino
+            ),
         })
     }
 
-    fn update(&mut self) -> usize {
-        use rustix::fs::inotify::{ReadFlags, Reader};
-        let mut events = Reader::new(&self.inotify, &mut self.buf);
-        loop {
-            match events.next() {
-                Ok(event) => {
-                    let flags = event.events();
-                    if flags.contains(ReadFlags::OPEN) {
-                        self.open += 1;
-                    }
-                    if flags.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::CLOSE_NOWRITE) {
-                        // Never below 0: a reader that opened before the watch was set
-                        // closes uncounted.
-                        self.open = (self.open - 1).max(0);
-                    }
-                }
-                Err(Errno::INTR) => {}
-                Err(_) => break,
-            }
-        }
-        self.open as usize
+    /// The read locks held on the spool's reader byte now. Reads `/proc/locks` (every lock
+    /// of the system): for the slow path that counts subscribers, never per message.
+    fn count(&self) -> usize {
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return 0;
+        };
+        let start = READER_LOCK_AT.to_string();
+        locks
+            .lines()
+            .filter(|line| {
+                // `N: OFDLCK ADVISORY READ PID MAJ:MIN:INO START END`; a waiter's line has
+                // `->` after its number, and is not a holder.
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() >= 8
+                    && fields[1] == "OFDLCK"
+                    && fields[3] == "READ"
+                    && fields[5] == self.id
+                    && fields[6] == start
+            })
+            .count()
     }
 }
 
@@ -366,7 +382,7 @@ pub(crate) struct SpoolWriter {
     pending: Vec<u8>,
     /// The last write's failure, while `pending` holds what it did not write.
     failed: Option<io::ErrorKind>,
-    readers: Option<RefCell<OpenCount>>,
+    readers: Option<ReaderCount>,
     type_hash: u64,
 }
 
@@ -480,7 +496,7 @@ impl SpoolWriter {
     fn start(fd: OwnedFd, path: &Path, topic: &str, hello: &Hello) -> Result<Self, CreateError> {
         let type_hash = frame::type_hash(&hello.fingerprint);
         let mut writer = Self {
-            readers: OpenCount::watch(path).map(RefCell::new),
+            readers: ReaderCount::of(fd.as_fd()),
             fd,
             path: path.into(),
             pending: Vec::new(),
@@ -576,9 +592,7 @@ impl FrameSender for SpoolWriter {
     }
 
     fn subscribers(&self) -> usize {
-        self.readers
-            .as_ref()
-            .map_or(0, |count| count.borrow_mut().update())
+        self.readers.as_ref().map_or(0, ReaderCount::count)
     }
 
     fn close(&mut self, _frame: &[u8], _linger: Duration) {
@@ -893,6 +907,8 @@ impl SpoolReader {
             }
             e => io_err(e.into()),
         })?;
+        // Counted by the publisher from here on (see `ReaderCount`).
+        mark_reader(fd.as_fd());
         let size_now = check_file(&fd, &name, options.group).map_err(|e| match e {
             Checked::Segment(e) => OpenError::Segment(e),
             Checked::Io(e) => io_err(e),
@@ -1333,6 +1349,28 @@ mod tests {
         };
         writer.join().unwrap();
         assert_eq!((got, end), ((0..50).collect(), RecvError::Disconnected));
+    }
+
+    #[test]
+    fn the_publisher_counts_every_open_reader_and_forgets_a_closed_one() {
+        let tmp = Tmp::new("count");
+        let path = tmp.path();
+        let w = SpoolWriter::create(&path, "t", &hello(8), false).unwrap();
+        assert_eq!(w.subscribers(), 0);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        // Opened back to back: inotify would have merged their opens into one event.
+        let readers: Vec<SpoolReader> = (0..3)
+            .map(|_| SpoolReader::open(&path, &options(StartAt::End), deadline).unwrap())
+            .collect();
+        // A plain reader of the file (`tail`) holds no lock and is not counted.
+        let plain = std::fs::File::open(&path).unwrap();
+        assert_eq!(w.subscribers(), 3);
+        let mut readers = readers;
+        drop(readers.pop());
+        assert_eq!(w.subscribers(), 2);
+        drop(readers);
+        drop(plain);
+        assert_eq!(w.subscribers(), 0);
     }
 
     #[test]
