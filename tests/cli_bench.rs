@@ -102,7 +102,8 @@ fn bench_writes_a_latency_plot() {
     assert!(out.status.success(), "shmbus {args:?} failed: {stderr}");
     // Not a terminal: the plain progress lines a CI log shows, one per group.
     assert!(
-        stderr.contains("bench: [1/1] shm-poll-8B | raw-cacheline | raw-two-lines"),
+        stderr
+            .contains("bench: [1/1] shm-poll-8B | raw-cacheline | raw-two-lines | raw-ring-lines"),
         "{stderr}"
     );
     assert!(!stderr.contains('\r'), "{stderr:?}");
@@ -140,7 +141,15 @@ fn bench_writes_a_latency_plot() {
         .iter()
         .map(|n| n.attribute("data-case").expect("a named polyline"))
         .collect();
-    assert_eq!(cases, ["shm-poll-8B", "raw-cacheline", "raw-two-lines"]);
+    assert_eq!(
+        cases,
+        [
+            "shm-poll-8B",
+            "raw-cacheline",
+            "raw-two-lines",
+            "raw-ring-lines"
+        ]
+    );
     for line in &lines {
         let points: Vec<(f64, f64)> = line
             .attribute("points")
@@ -162,7 +171,7 @@ fn bench_writes_a_latency_plot() {
         .descendants()
         .filter(|n| n.attribute("class") == Some("max"))
         .count();
-    assert_eq!(maxes, 3);
+    assert_eq!(maxes, 4);
     // The table on stdout is the same as without --plot.
     assert!(
         stdout.contains("| shm-poll-8B | raw-cacheline |"),

@@ -46,6 +46,8 @@ Cases (each measured beside its limit, interleaved in short blocks):
                                  of the ping (in one process: the answer after the last)
   raw-two-lines                  a bare ping on one line, the answer on another: the least
                                  any round trip over two topics moves (beside shm-poll-8B)
+  raw-ring-lines                 the same, each message on the next of 16 lines, as a ring
+                                 places it (the ring's layout alone, without its code)
   shm-futex-64B                  round trip, adaptive futex wait limit raw-futex
   shm-futex-nospin-64B           round trip, futex wait at once  limit raw-futex
   pipe-64B, unix-socket-64B      what a user would use instead, beside shm-futex-64B
@@ -250,6 +252,7 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-fanout-8-64B", 64, true),
     ("raw-cacheline", 8, true),
     ("raw-two-lines", 8, true),
+    ("raw-ring-lines", 8, true),
     ("shm-futex-64B", 64, false),
     ("shm-futex-nospin-64B", 64, false),
     ("raw-futex", 4, false),
@@ -276,7 +279,12 @@ const LATENCY_GROUPS: &[(&str, &[&str])] = &[
     // raw-two-lines: one line each way, what a round trip over two topics must move at least.
     (
         "Polling, 8 bytes, beside one cache line and two",
-        &["shm-poll-8B", "raw-cacheline", "raw-two-lines"],
+        &[
+            "shm-poll-8B",
+            "raw-cacheline",
+            "raw-two-lines",
+            "raw-ring-lines",
+        ],
     ),
     // Latency against payload size: 8 bytes written in place into ever larger slots.
     (
@@ -409,7 +417,9 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
         "shm-poll-1KiB-write8" => Box::new(ShmPingPong::<Msg1K>::start(ctx, name)?),
         "shm-poll-4KiB-write8" => Box::new(ShmPingPong::<Msg4K>::start(ctx, name)?),
         "shm-poll-64KiB-write8" => Box::new(ShmPingPong::<Msg64K>::start(ctx, name)?),
-        "raw-cacheline" | "raw-two-lines" => Box::new(raw::CacheLine::start(ctx, name)?),
+        "raw-cacheline" | "raw-two-lines" | "raw-ring-lines" => {
+            Box::new(raw::CacheLine::start(ctx, name)?)
+        }
         "raw-futex" => Box::new(raw::Futex::start(ctx)?),
         _ => bail!("unknown latency case {name}"),
     })
@@ -468,7 +478,9 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
             shm::ping_pong_peer::<shm::Msg64>(&mut ctl, &place, case, spec)
         }
         _ if place.row.is_some() => shm::stream_peer::<shm::Msg64>(&mut ctl, &place, case, spec),
-        "raw-cacheline" | "raw-two-lines" => raw::cacheline_peer(&mut ctl, fd(0)?, case),
+        "raw-cacheline" | "raw-two-lines" | "raw-ring-lines" => {
+            raw::cacheline_peer(&mut ctl, fd(0)?, case)
+        }
         "raw-futex" => raw::futex_peer(&mut ctl, fd(0)?),
         "raw-ring-8B" => raw::raw_ring_peer::<1>(&mut ctl, fd(0)?),
         "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),

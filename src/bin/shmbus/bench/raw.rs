@@ -126,21 +126,37 @@ fn start_with_region(ctx: &Ctx, case: &str, len: usize) -> Result<(Region, Peer)
 
 /// Where the answer goes: on the ping's own line (`raw-cacheline`, the hardware's limit), or
 /// on a line of its own (`raw-two-lines`: what any request/response over two topics must
-/// move, one line each way). 256 bytes apart, so that no adjacent-line prefetch pairs them.
+/// move, one line each way; `raw-ring-lines`: the same, each message on the next of
+/// [`RING_LINES`] lines, as a ring places it). 256 bytes apart (2 KiB for the ring), so that
+/// no adjacent-line prefetch pairs them.
 pub fn answer_offset(case: &str) -> usize {
-    if case == "raw-two-lines" {
-        256
-    } else {
-        0
+    match case {
+        "raw-two-lines" => 256,
+        "raw-ring-lines" => 2048,
+        _ => 0,
     }
 }
 
-/// The parent side of `raw-cacheline` and `raw-two-lines`.
+/// Lines each way in `raw-ring-lines`: the ping-pong topics' capacity.
+const RING_LINES: usize = 16;
+
+/// Lines the ping and the answer rotate through: 1, or [`RING_LINES`] for `raw-ring-lines`.
+fn lines_of(case: &str) -> usize {
+    if case == "raw-ring-lines" {
+        RING_LINES
+    } else {
+        1
+    }
+}
+
+/// The parent side of `raw-cacheline`, `raw-two-lines` and `raw-ring-lines`.
 pub struct CacheLine {
     region: Region,
     peer: Peer,
     /// Offset of the answer word: see [`answer_offset`].
     answer: usize,
+    /// Lines each way: see [`lines_of`].
+    lines: usize,
     /// The counter's value between round trips: always even.
     value: u64,
 }
@@ -153,18 +169,25 @@ impl CacheLine {
             region,
             peer,
             answer: answer_offset(case),
+            lines: lines_of(case),
             value: 0,
         })
     }
 }
 
+/// The words round trip `value / 2` uses: the ping's and the answer's.
+fn words_at(region: &Region, answer: usize, lines: usize, value: u64) -> (&AtomicU64, &AtomicU64) {
+    let line = (value / 2) as usize % lines * 64;
+    (region.u64_at(line), region.u64_at(answer + line))
+}
+
 impl RoundTrip for CacheLine {
     fn block(&mut self, warm: u64, n: u64, hist: &mut Histogram<u64>) -> Result<()> {
         self.peer.run(warm + n)?;
-        let line = self.region.u64_at(0);
-        let answer = self.region.u64_at(self.answer);
+        let (region, answer_at, lines) = (&self.region, self.answer, self.lines);
         let mut value = self.value;
         timed_round_trips(warm, n, hist, |_| {
+            let (line, answer) = words_at(region, answer_at, lines, value);
             // Release pairs with the child's Acquire load: nothing is carried, but it keeps
             // the round trip as strong as a real message's.
             line.store(value + 1, Ordering::Release);
@@ -185,16 +208,16 @@ impl RoundTrip for CacheLine {
     }
 }
 
-/// The child side of `raw-cacheline` and `raw-two-lines`: answers each odd value with the
-/// next even one.
+/// The child side of `raw-cacheline`, `raw-two-lines` and `raw-ring-lines`: answers each odd
+/// value with the next even one.
 pub fn cacheline_peer(ctl: &mut Control, fd: RawFd, case: &str) -> Result<()> {
     let region = Region::inherit(fd, PAGE)?;
-    let line = region.u64_at(0);
-    let answer = region.u64_at(answer_offset(case));
+    let (answer_at, lines) = (answer_offset(case), lines_of(case));
     ctl.reply("ready")?;
     let mut value = 0u64;
     while let Some(n) = ctl.next_run()? {
         for _ in 0..n {
+            let (line, answer) = words_at(&region, answer_at, lines, value);
             // Acquire pairs with the parent's Release store of the ping.
             while line.load(Ordering::Acquire) != value + 1 {
                 spin_loop();
