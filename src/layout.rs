@@ -2,10 +2,25 @@
 //!
 //! ```text
 //! offset 0                 HEADER_SIZE (256)      control_offset + control_size
-//! | SegmentHeader ........ | control block ...... | slot 0 | slot 1 | ... | slot capacity-1 |
+//! | SegmentHeader ........ | control block ...... | lane 0 | lane 1 | ... | lane lanes-1 |
 //!                          ^ control_offset        ^ slots_offset (64-aligned)
-//! slot i = [SlotHeader: stamp u32, len u32][pad to payload_offset][payload: slot_size bytes][pad]
+//!
+//! a lane, tags inline (SLOTS_INLINE):
+//! | slot 0 | slot 1 | ... | slot capacity-1 |       slot i at i * slot_stride
+//! slot i = [tag: stamp u32, len u32][pad to payload_offset][payload: slot_size bytes][pad]
+//!
+//! a lane, tags apart (SLOTS_SPLIT):
+//! | payload 0 | payload 1 | ... | payload capacity-1 | tag 0 | tag 1 | ... | pad to tags_size |
+//!   payload i at i * slot_stride                      tag i at capacity * slot_stride + 8 * i
 //! ```
+//!
+//! Tags inline put a small message and its tag on one cache line: a message moves one line.
+//! A payload of whole lines (64 bytes, 1 KiB) would need one more line for its tag, so such
+//! slots keep their tags apart, eight to a line: a message then moves its payload's lines and
+//! an eighth of a tag line, where inline it moved one line more ([`Geometry::for_config`]
+//! chooses, for slots up to [`SPLIT_MAX`] bytes). The tags come after the payloads, so that a segment truncated under its readers
+//! (see `crate::sigbus`) never leaves a tag that says "ready" over a payload that is gone: a
+//! tag the cut spared lies past every payload of its lane.
 //!
 //! Everything the header says is computed in one place ([`Geometry::for_config`]) when a segment
 //! is created, and checked in one place ([`Geometry::validate`]) when it is opened. A segment is
@@ -21,7 +36,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `b"SHMBUS\0\x01"` read as a little-endian `u64`: the first 8 bytes of every segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\x01");
 /// The format version this build reads and writes. Bumped on any change of the layout.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Bytes reserved for the header at the start of the segment.
 pub const HEADER_SIZE: usize = 256;
 /// Value of `state` once the creator has initialised everything: `b"REDY"`.
@@ -38,8 +53,20 @@ pub const MAX_CAPACITY: u64 = 1 << 24;
 pub const MAX_SLOT_SIZE: u32 = 16 << 20;
 /// Largest payload alignment a slot supports.
 pub const MAX_ALIGN: u32 = 4096;
-/// Size of the per-slot header (`stamp`, `len`).
+/// Size of a slot's tag (`stamp`, `len`).
 pub const SLOT_HEADER_SIZE: u32 = 8;
+/// `slot_layout` of a lane whose slots start with their tags.
+pub const SLOTS_INLINE: u32 = 0;
+/// `slot_layout` of a lane whose tags lie apart, in an array before the payloads.
+pub const SLOTS_SPLIT: u32 = 1;
+/// Alignment of a split lane's tag array, and of its end (at least): two lines, so that the
+/// adjacent-line prefetcher pairs no tag line with a payload line.
+pub const TAGS_ALIGN: u64 = 128;
+/// Largest slot whose tag goes apart when that saves a line: four lines, where the line saved
+/// is a fifth of a message's. Above it the saving is small, and a slot written only in part
+/// (a byte message shorter than its slot; a large message of which the first bytes are read
+/// first) would pay a line more: its first bytes no longer share its tag's line.
+pub const SPLIT_MAX: u64 = 256;
 /// Largest segment this build creates or opens (64 GiB): keeps every offset well inside `u64`
 /// and `usize` arithmetic.
 pub const MAX_SEGMENT_SIZE: u64 = 64 << 30;
@@ -189,7 +216,7 @@ pub(crate) struct SegmentHeader {
     fp_kind: AtomicU32,
     fp_size: AtomicU64,
     fp_align: AtomicU32,
-    _reserved: AtomicU32,
+    slot_layout: AtomicU32,
     fp_name_hash: AtomicU64,
     fp_name: [AtomicU64; TYPE_NAME_LEN / 8],
     policy: AtomicU32,
@@ -223,6 +250,8 @@ pub struct HeaderValues {
     pub slot_stride: u32,
     /// Offset of the payload inside a slot.
     pub payload_offset: u32,
+    /// [`SLOTS_INLINE`] or [`SLOTS_SPLIT`].
+    pub slot_layout: u32,
     /// Size of the control block.
     pub control_size: u32,
     /// Offset of the control block.
@@ -280,6 +309,7 @@ impl HeaderValues {
             slot_size: h.slot_size.load(Ordering::Relaxed),
             slot_stride: h.slot_stride.load(Ordering::Relaxed),
             payload_offset: h.payload_offset.load(Ordering::Relaxed),
+            slot_layout: h.slot_layout.load(Ordering::Relaxed),
             control_size: h.control_size.load(Ordering::Relaxed),
             control_offset: h.control_offset.load(Ordering::Relaxed),
             slots_offset: h.slots_offset.load(Ordering::Relaxed),
@@ -354,11 +384,14 @@ pub enum LayoutError {
 ///
 /// Invariants (established by [`Geometry::for_config`] and [`Geometry::validate`], the only
 /// constructors): `capacity` is a power of two in `2..=MAX_CAPACITY`; `payload_offset >= 8` is a
-/// power of two, a multiple of the payload alignment; `slot_stride >= payload_offset + slot_size`
-/// and a multiple of `payload_offset` (so every slot's payload is aligned); `for_config` also
-/// makes it a power of two up to a cache line and a multiple of one above (`validate` accepts
-/// any stride with the first two properties); `control_offset + control_size <= slots_offset`;
-/// `slots_offset + capacity * slot_stride <= total_size <= MAX_SEGMENT_SIZE`.
+/// power of two, a multiple of the payload alignment; `slot_stride` is a multiple of
+/// `payload_offset` (so every slot's payload is aligned) and at least `payload_offset +
+/// slot_size` with tags inline, `slot_size` with tags apart; `for_config` also makes it a power
+/// of two up to a cache line and a multiple of one above (`validate` accepts any stride with
+/// the first two properties); `tags_size` is 0 with tags inline, and with tags apart
+/// `capacity * 8` rounded up to [`TAGS_ALIGN`] and to `payload_offset`;
+/// `control_offset + control_size <= slots_offset`;
+/// `slots_offset + lanes * lane_size() <= total_size <= MAX_SEGMENT_SIZE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
     /// Number of slots, a power of two.
@@ -367,8 +400,12 @@ pub struct Geometry {
     pub slot_size: u32,
     /// Distance between slots in bytes.
     pub slot_stride: u32,
-    /// Offset of the payload inside a slot.
+    /// Offset of the payload inside a slot (tags inline); with tags apart, the payloads'
+    /// alignment (a payload starts its slot).
     pub payload_offset: u32,
+    /// Bytes of the tag array at the end of each lane: 0 when the tags are inline
+    /// ([`SLOTS_INLINE`]); with the tags apart ([`SLOTS_SPLIT`]), 8 a slot, rounded up.
+    pub tags_size: u64,
     /// Offset of the control block from the segment's start.
     pub control_offset: u64,
     /// Size of the control block.
@@ -418,6 +455,13 @@ pub enum ConfigError {
     },
 }
 
+/// The tag array of a lane whose tags lie apart: 8 bytes a slot, rounded up so that the next
+/// lane's payloads are aligned ([`TAGS_ALIGN`], `payload_offset`: both powers of two). Cannot
+/// overflow: `capacity <= MAX_CAPACITY` and `payload_offset <= MAX_ALIGN` (checked before).
+fn tags_size_for(capacity: u64, payload_offset: u64) -> u64 {
+    align_up(capacity * 8, TAGS_ALIGN.max(payload_offset)).expect("small values")
+}
+
 const fn align_up(x: u64, to: u64) -> Option<u64> {
     // `to` is a power of two here.
     match x.checked_add(to - 1) {
@@ -458,22 +502,35 @@ impl Geometry {
         // A message then costs its own lines only, and a reader polling one slot never holds
         // the line the writer is filling for the next. Measured against the dense 72-byte
         // stride for 64-byte messages (`shmbus bench`, both builds alternated): the polling
-        // round trip went from 1.35-1.40x to 1.21-1.28x the raw cache-line round trip; streaming
-        // was unchanged when the two CPUs are far apart (0.7-0.9x the raw ring) but fell from
-        // ~320 M to ~85 M msgs/s when they are close (raw ring ~140 M). Latency first.
+        // round trip went from 1.35-1.40x to 1.21-1.28x the raw cache-line round trip, but
+        // streaming fell from ~320 M to ~85 M msgs/s when the two CPUs are close: each
+        // 64-byte message moved two lines. Where the tags apart save a line per message (a
+        // payload of whole lines, up to SPLIT_MAX), they are taken: see the module comment.
+        // Measured for 64-byte messages (`shmbus bench --quick --only shm-stream-64B --only
+        // shm-poll-64B`, four runs of each build alternated, the receiver reading the whole
+        // message): one-way rate 0.58-0.71x -> 0.72-0.83x the raw ring; round trip
+        // 1.41-1.61x -> 1.34-1.60x the raw cache line (two lines each way either way).
         let used = payload_offset + slot_size;
-        let slot_stride = if used <= CACHE_LINE {
+        let inline_stride = if used <= CACHE_LINE {
             Some(used.next_power_of_two())
         } else {
             align_up(used, payload_offset.max(CACHE_LINE))
         }
         .filter(|&s| s <= u32::MAX as u64)
         .ok_or(too_large.clone())?;
+        let split_stride =
+            align_up(slot_size, payload_offset.max(CACHE_LINE)).expect("small values");
+        let (slot_stride, tags_size) = if split_stride < inline_stride && slot_size <= SPLIT_MAX {
+            (split_stride, tags_size_for(capacity, payload_offset))
+        } else {
+            (inline_stride, 0)
+        };
         let control_offset = align_up(HEADER_SIZE as u64, CONTROL_ALIGN).expect("small constant");
         let slots_offset = align_up(control_offset + control_size as u64, SLOTS_ALIGN.max(align))
             .expect("small values");
         let total_size = capacity
             .checked_mul(slot_stride)
+            .and_then(|s| s.checked_add(tags_size))
             .and_then(|s| s.checked_mul(lanes as u64))
             .and_then(|s| s.checked_add(slots_offset))
             .filter(|&t| t <= MAX_SEGMENT_SIZE)
@@ -483,6 +540,7 @@ impl Geometry {
             slot_size: slot_size as u32,
             slot_stride: slot_stride as u32,
             payload_offset: payload_offset as u32,
+            tags_size,
             control_offset,
             control_size,
             slots_offset,
@@ -491,11 +549,25 @@ impl Geometry {
         })
     }
 
-    /// Offset of lane `lane`'s first slot from the segment's start (`lane < lanes`).
+    /// Offset of lane `lane` (its first slot) from the segment's start (`lane < lanes`).
     pub fn lane_offset(&self, lane: u32) -> u64 {
         debug_assert!(lane < self.lanes);
         // Cannot overflow: `validate` and `for_config` checked the whole array's end.
-        self.slots_offset + lane as u64 * self.capacity * self.slot_stride as u64
+        self.slots_offset + lane as u64 * self.lane_size()
+    }
+
+    /// Bytes of one lane: its tag array (if apart) and its slots.
+    pub fn lane_size(&self) -> u64 {
+        self.tags_size + self.capacity * self.slot_stride as u64
+    }
+
+    /// [`SLOTS_INLINE`] or [`SLOTS_SPLIT`], as the header says it.
+    pub fn slot_layout(&self) -> u32 {
+        if self.tags_size == 0 {
+            SLOTS_INLINE
+        } else {
+            SLOTS_SPLIT
+        }
     }
 
     /// Check a header read from a segment of `mapped_len` bytes, expecting a control block of
@@ -552,7 +624,14 @@ impl Geometry {
         {
             return Err(Inconsistent("payload offset out of range"));
         }
-        let min_stride = h.payload_offset as u64 + h.slot_size as u64;
+        let (min_stride, tags_size) = match h.slot_layout {
+            SLOTS_INLINE => (h.payload_offset as u64 + h.slot_size as u64, 0),
+            SLOTS_SPLIT => (
+                h.slot_size as u64,
+                tags_size_for(h.capacity, h.payload_offset as u64),
+            ),
+            _ => return Err(Inconsistent("unknown slot layout")),
+        };
         if (h.slot_stride as u64) < min_stride || h.slot_stride % h.payload_offset != 0 {
             return Err(Inconsistent(
                 "slot stride smaller than a slot, or not a multiple of the payload offset",
@@ -579,6 +658,7 @@ impl Geometry {
         let slots_end = h
             .capacity
             .checked_mul(h.slot_stride as u64)
+            .and_then(|s| s.checked_add(tags_size))
             .and_then(|s| s.checked_mul(h.lanes as u64))
             .and_then(|s| s.checked_add(h.slots_offset));
         if slots_end.is_none_or(|end| end > mapped_len) || mapped_len > MAX_SEGMENT_SIZE {
@@ -589,6 +669,7 @@ impl Geometry {
             slot_size: h.slot_size,
             slot_stride: h.slot_stride,
             payload_offset: h.payload_offset,
+            tags_size,
             control_offset: h.control_offset,
             control_size,
             slots_offset: h.slots_offset,
@@ -729,6 +810,7 @@ impl SegmentHeader {
         h.slot_size.store(geometry.slot_size, r);
         h.slot_stride.store(geometry.slot_stride, r);
         h.payload_offset.store(geometry.payload_offset, r);
+        h.slot_layout.store(geometry.slot_layout(), r);
         h.control_size.store(geometry.control_size, r);
         h.control_offset.store(geometry.control_offset, r);
         h.slots_offset.store(geometry.slots_offset, r);
@@ -767,6 +849,7 @@ mod tests {
             slot_size: g.slot_size,
             slot_stride: g.slot_stride,
             payload_offset: g.payload_offset,
+            slot_layout: g.slot_layout(),
             control_size: g.control_size,
             control_offset: g.control_offset,
             slots_offset: g.slots_offset,
@@ -792,7 +875,12 @@ mod tests {
                 Ok(g)
             );
             assert_eq!(g.payload_offset as u64 % align, 0);
-            assert!(g.slot_stride as u64 >= g.payload_offset as u64 + size);
+            let payload_at = if g.tags_size == 0 {
+                g.payload_offset
+            } else {
+                0
+            };
+            assert!(g.slot_stride as u64 >= payload_at as u64 + size);
         }
     }
 
@@ -801,14 +889,31 @@ mod tests {
         for align in [1u64, 2, 4, 8, 16, 64, 128] {
             for size in 1..=300u64 {
                 let g = Geometry::for_config(64, size, align, 640, 1).unwrap();
-                let (stride, used) = (g.slot_stride as u64, g.payload_offset as u64 + size);
+                let inline = g.tags_size == 0;
+                let payload_at = if inline { g.payload_offset as u64 } else { 0 };
+                let (stride, used) = (g.slot_stride as u64, payload_at + size);
                 assert_eq!(
                     stride % g.payload_offset as u64,
                     0,
                     "size {size} align {align}"
                 );
                 assert!(stride >= used);
-                if used <= CACHE_LINE {
+                // Tags apart exactly when the tag inline would take the slot more lines.
+                let unit = CACHE_LINE.max(g.payload_offset as u64);
+                let lines_inline = (g.payload_offset as u64 + size).div_ceil(unit) * unit;
+                let lines_apart = size.div_ceil(unit) * unit;
+                assert_eq!(
+                    !inline,
+                    lines_apart < lines_inline
+                        && g.payload_offset as u64 + size > CACHE_LINE
+                        && size <= SPLIT_MAX,
+                    "size {size} align {align}: {g:?}"
+                );
+                if !inline {
+                    assert_eq!(g.tags_size % (TAGS_ALIGN.max(g.payload_offset as u64)), 0);
+                    assert!(g.tags_size >= 64 * 8);
+                }
+                if used <= CACHE_LINE && inline {
                     assert_eq!(
                         CACHE_LINE % stride,
                         0,
@@ -826,8 +931,15 @@ mod tests {
         }
         let g = Geometry::for_config(1024, 64, 8, 640, 1).unwrap();
         assert_eq!(
-            g.slot_stride, 128,
-            "a 64-byte message and its tag: two lines of its own"
+            (g.slot_stride, g.tags_size, g.slot_layout()),
+            (64, 1024 * 8, SLOTS_SPLIT),
+            "a 64-byte message: one line of its own, its tag apart"
+        );
+        let g = Geometry::for_config(1024, 56, 8, 640, 1).unwrap();
+        assert_eq!(
+            (g.slot_stride, g.tags_size, g.slot_layout()),
+            (64, 0, SLOTS_INLINE),
+            "a 56-byte message and its tag: one line"
         );
     }
 

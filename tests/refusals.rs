@@ -45,6 +45,7 @@ mod off {
     pub const FP_KIND: usize = 76; // u32
     pub const FP_SIZE: usize = 80; // u64
     pub const FP_ALIGN: usize = 88; // u32
+    pub const SLOT_LAYOUT: usize = 92; // u32
     pub const POLICY: usize = 168; // u32
     pub const MAX_READERS: usize = 172; // u32
     pub const HISTORY: usize = 176; // u64
@@ -653,6 +654,7 @@ fn header_offsets_match_a_fresh_segment() {
     let g = shmbus::layout::Geometry::for_config(64, 8, 8, control_size, 1).unwrap();
     assert_eq!(get_u32(&map, off::SLOT_STRIDE), g.slot_stride);
     assert_eq!(get_u32(&map, off::PAYLOAD_OFFSET), g.payload_offset);
+    assert_eq!(get_u32(&map, off::SLOT_LAYOUT), g.slot_layout());
     assert_eq!(get_u64(&map, off::CONTROL_OFFSET), g.control_offset);
     assert_eq!(get_u64(&map, off::SLOTS_OFFSET), g.slots_offset);
     assert_eq!(g.total_size, map.len() as u64);
@@ -718,7 +720,7 @@ fn a_segment_not_marked_ready_is_not_ready() {
 fn inconsistent_headers_are_corrupt() {
     let f = fixture("inconsistent");
     type Corruption = (&'static str, fn(&mut [u8]));
-    let cases: [Corruption; 18] = [
+    let cases: [Corruption; 20] = [
         ("capacity not a power of two", |h| {
             put_u64(h, off::CAPACITY, 12)
         }),
@@ -731,6 +733,11 @@ fn inconsistent_headers_are_corrupt() {
             put_u32(h, off::SLOT_SIZE, u32::MAX)
         }),
         ("stride below the slot", |h| put_u32(h, off::SLOT_STRIDE, 8)),
+        ("unknown slot layout", |h| put_u32(h, off::SLOT_LAYOUT, 7)),
+        // A tag array the segment was not sized for: the lanes then run past its end.
+        ("tags apart in a segment laid out inline", |h| {
+            put_u32(h, off::SLOT_LAYOUT, shmbus::layout::SLOTS_SPLIT)
+        }),
         ("slots past the end", |h| {
             let total = get_u64(h, off::TOTAL_SIZE);
             put_u64(h, off::SLOTS_OFFSET, total)

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use shmbus::layout::{
     ConfigError, Geometry, HeaderValues, TypeFingerprint, CONTROL_ALIGN, FORMAT_VERSION,
     HEADER_SIZE, MAGIC, MAX_ALIGN, MAX_CAPACITY, MAX_LANES, MAX_SEGMENT_SIZE, MAX_SLOT_SIZE,
-    RING_BROADCAST, SLOTS_ALIGN, SLOT_HEADER_SIZE, STATE_READY,
+    RING_BROADCAST, SLOTS_ALIGN, SLOT_HEADER_SIZE, SPLIT_MAX, STATE_READY,
 };
 use shmbus_fuzz::{check_geometry, check_segment, header_bytes, SegmentBuf};
 
@@ -76,20 +76,28 @@ fuzz_target!(|shape: Shape| {
         let up = |x: u128, to: u128| x.div_ceil(to) * to;
         let payload_offset = align.max(SLOT_HEADER_SIZE.into()) as u128;
         // A slot that fits in a cache line takes a power-of-two share of one; a larger one
-        // whole lines.
+        // whole lines; and the tags go apart (8 bytes each, in an array after the payloads,
+        // rounded up to 128 and the payload offset) where that takes fewer lines a slot of at
+        // most SPLIT_MAX bytes.
         let used = payload_offset + slot_size as u128;
-        let stride = if used <= 64 {
+        let inline = if used <= 64 {
             used.next_power_of_two()
         } else {
             up(used, payload_offset.max(64))
+        };
+        let apart = up(slot_size as u128, payload_offset.max(64));
+        let (stride, tags) = if apart < inline && slot_size <= SPLIT_MAX {
+            (apart, up(capacity as u128 * 8, payload_offset.max(128)))
+        } else {
+            (inline, 0)
         };
         let control_offset = up(HEADER_SIZE as u128, CONTROL_ALIGN.into());
         let slots_offset = up(
             control_offset + control_size as u128,
             SLOTS_ALIGN.max(align).into(),
         );
-        let total = slots_offset + lanes as u128 * capacity as u128 * stride;
-        if stride > u32::MAX.into() || total > MAX_SEGMENT_SIZE.into() {
+        let total = slots_offset + lanes as u128 * (tags + capacity as u128 * stride);
+        if inline > u32::MAX.into() || total > MAX_SEGMENT_SIZE.into() {
             Err(ConfigError::TooLarge {
                 capacity,
                 slot_size,
@@ -137,6 +145,7 @@ fuzz_target!(|shape: Shape| {
         slot_size: g.slot_size,
         slot_stride: g.slot_stride,
         payload_offset: g.payload_offset,
+        slot_layout: g.slot_layout(),
         control_size: g.control_size,
         control_offset: g.control_offset,
         slots_offset: g.slots_offset,

@@ -68,7 +68,7 @@ fuzz_target!(|input: Input| {
     let words_at = 0usize;
     let table_at = size_of::<CachePadded<WriterWords>>();
     let slots_at = table_at + readers * size_of::<CachePadded<ReaderEntry>>();
-    let len = slots_at + (capacity * g.slot_stride as u64) as usize;
+    let len = slots_at + g.lane_size() as usize;
     let layout = Layout::from_size_align(len, 128).expect("small");
     // SAFETY: `len` is not zero.
     let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("allocation failed");

@@ -77,7 +77,7 @@ pub fn header_bytes(h: &HeaderValues) -> [u8; HEADER_SIZE] {
     put(76, &h.fp_kind.to_ne_bytes());
     put(80, &h.fp_size.to_ne_bytes());
     put(88, &h.fp_align.to_ne_bytes());
-    // 92: reserved.
+    put(92, &h.slot_layout.to_ne_bytes());
     put(96, &h.fp_name_hash.to_ne_bytes());
     // The name is stored as little-endian words (see `HeaderValues::read`).
     for (i, chunk) in h.fp_name.chunks_exact(8).enumerate() {
@@ -113,13 +113,33 @@ pub fn check_geometry(g: &Geometry, mapped_len: u64) {
         "payload offset {} is not a power of two >= {SLOT_HEADER_SIZE}",
         g.payload_offset
     );
+    // Tags inline: the payload after its tag in the slot; tags apart: the payload alone, and
+    // the tag array rounded up so that the payloads after it stay aligned.
+    let inline = g.tags_size == 0;
+    let payload_at = if inline { g.payload_offset } else { 0 };
     assert!(
-        wide(g.slot_stride.into()) >= wide(g.payload_offset.into()) + wide(g.slot_size.into()),
-        "stride {} smaller than payload offset {} + slot size {}",
+        wide(g.slot_stride.into()) >= wide(payload_at.into()) + wide(g.slot_size.into()),
+        "stride {} smaller than payload offset {payload_at} + slot size {}",
         g.slot_stride,
-        g.payload_offset,
         g.slot_size
     );
+    assert!(
+        g.slot_stride.is_multiple_of(g.payload_offset),
+        "stride {} not a multiple of the payload offset {}",
+        g.slot_stride,
+        g.payload_offset
+    );
+    if !inline {
+        assert!(
+            wide(g.tags_size) >= wide(g.capacity) * 8
+                && g.tags_size.is_multiple_of(g.payload_offset.into())
+                && g.tags_size.is_multiple_of(64),
+            "tag array of {} bytes for {} slots, payload offset {}",
+            g.tags_size,
+            g.capacity,
+            g.payload_offset
+        );
+    }
     assert!(
         g.slot_stride.is_multiple_of(8),
         "stride {} not 8-aligned",
@@ -150,8 +170,8 @@ pub fn check_geometry(g: &Geometry, mapped_len: u64) {
         g.slots_offset.is_multiple_of(g.payload_offset.into()),
         "slot array not aligned to the payload offset"
     );
-    let slots_end =
-        wide(g.slots_offset) + wide(g.lanes.into()) * wide(g.capacity) * wide(g.slot_stride.into());
+    let lane = wide(g.tags_size) + wide(g.capacity) * wide(g.slot_stride.into());
+    let slots_end = wide(g.slots_offset) + wide(g.lanes.into()) * lane;
     assert!(
         slots_end <= wide(g.total_size),
         "slots end at {slots_end}, past the segment's {} bytes",
@@ -224,11 +244,20 @@ impl SegmentBuf {
             touch(g.control_offset + g.control_size as u64 - 1);
         }
         let stride = g.slot_stride as u64;
-        // The first slot, and the last of the last lane.
-        for slot in [0, g.capacity * g.lanes as u64 - 1] {
-            let start = g.slots_offset + slot * stride;
-            touch(start);
-            touch(start + g.payload_offset as u64 + g.slot_size as u64 - 1);
+        let payload_at = if g.tags_size == 0 { g.payload_offset as u64 } else { 0 };
+        // The first slot of the first lane, and the last of the last: their tags, and their
+        // payloads' ends.
+        for (lane, slot) in [(0, 0), (g.lanes - 1, g.capacity - 1)] {
+            let lane_at = g.lane_offset(lane);
+            let start = lane_at + slot * stride;
+            let tag = if g.tags_size == 0 {
+                start
+            } else {
+                lane_at + g.capacity * stride + slot * 8
+            };
+            touch(tag);
+            touch(tag + 7);
+            touch(start + payload_at + g.slot_size as u64 - 1);
             touch(start + stride - 1);
         }
     }

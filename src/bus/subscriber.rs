@@ -378,8 +378,8 @@ impl OpenTopic {
 
     /// The slots of lane `lane` (`< geometry.lanes`), valid while `segment` stays mapped.
     pub(crate) fn slots(&self, lane: u32) -> MappedSlots {
-        // SAFETY: the validated geometry puts every lane's slots inside the mapping, each
-        // lane's start aligned like slot 0 (a whole number of strides from it).
+        // SAFETY: the validated geometry puts every lane inside the mapping, each lane's start
+        // aligned like the first (a whole number of strides and tag arrays from it).
         unsafe {
             MappedSlots::new(
                 self.segment

@@ -64,17 +64,23 @@ unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
     }
 }
 
-/// Slots in a mapped segment: `slot i` starts at `base + i * stride`, with its tag word first
-/// (little-endian: the stamp in bytes 0..4, the length in bytes 4..8) and its payload at
-/// `payload_offset`.
+/// Slots in a mapped segment's lane (see `crate::layout`): slot `i`'s tag word (little-endian:
+/// the stamp in bytes 0..4, the length in bytes 4..8) at `tags + i * tag_stride`, its payload
+/// at `payloads + i * stride`. Tags inline: `tags` is the lane's start, `tag_stride` the slot
+/// stride, `payloads` the lane's start plus the payload offset. Tags apart: `payloads` is the
+/// lane's start, `tags` the tag array after the slots, `tag_stride` 8.
 #[cfg(not(shmbus_loom))]
 #[derive(Debug)]
 pub struct MappedSlots {
-    base: std::ptr::NonNull<u8>,
-    /// Distance between slots; `>= payload_offset + slot_size`, a multiple of 8.
+    tags: std::ptr::NonNull<u8>,
+    /// Distance between tags: 8 (apart) or the slot stride (inline).
+    tag_stride: usize,
+    payloads: std::ptr::NonNull<u8>,
+    /// Distance between payloads: the slot stride, a multiple of the payload alignment and 8.
     stride: usize,
-    /// Offset of the payload in a slot; `>= 8`, a multiple of the payload's alignment.
-    payload_offset: usize,
+    /// Where the lines a writer prefetches for the next slot start (`prefetch + i * stride`):
+    /// the slot's first line after its tag's, when it has one.
+    prefetch: Option<std::ptr::NonNull<u8>>,
     capacity: u64,
     slot_size: u32,
 }
@@ -88,38 +94,46 @@ unsafe impl Send for MappedSlots {}
 #[cfg(not(shmbus_loom))]
 impl MappedSlots {
     /// # Safety
-    /// `base` must point to the slot array of a segment whose geometry is `g` (checked by
+    /// `base` must point to a lane of a segment whose geometry is `g` (checked by
     /// `Geometry::validate` or computed by `Geometry::for_config`), mapped and 64-aligned, and
     /// stay mapped for as long as the `MappedSlots` lives.
     pub unsafe fn new(base: std::ptr::NonNull<u8>, g: &crate::layout::Geometry) -> Self {
+        let stride = g.slot_stride as usize;
+        let (tags, tag_stride, payloads, prefetch) = if g.tags_size == 0 {
+            // SAFETY: slot 0 holds its payload at `payload_offset` (the geometry's invariants).
+            let payloads = unsafe { base.add(g.payload_offset as usize) };
+            // SAFETY: a stride above 64 bytes puts slot 0's second line inside it.
+            let second_line = (stride > 64).then(|| unsafe { base.add(64) });
+            (base, stride, payloads, second_line)
+        } else {
+            // SAFETY: the lane holds its slots, then `tags_size` bytes of tags.
+            let tags = unsafe { base.add(g.capacity as usize * stride) };
+            (tags, 8, base, Some(base))
+        };
         Self {
-            base,
-            stride: g.slot_stride as usize,
-            payload_offset: g.payload_offset as usize,
+            tags,
+            tag_stride,
+            payloads,
+            stride,
+            prefetch,
             capacity: g.capacity,
             slot_size: g.slot_size,
         }
-    }
-
-    #[inline(always)]
-    fn slot(&self, index: usize) -> *mut u8 {
-        debug_assert!((index as u64) < self.capacity);
-        // SAFETY: `index < capacity` (the trait's contract for callers), and the geometry puts
-        // `capacity * stride` bytes of slots after `base` inside the mapping.
-        unsafe { self.base.as_ptr().add(index * self.stride) }
     }
 
     /// Pointer to the payload of slot `index` (`index < capacity`), valid while the segment is
     /// mapped. For guards that hand the payload to the user in place.
     #[inline(always)]
     pub fn payload_ptr(&self, index: usize) -> *mut u8 {
-        // SAFETY: `payload_offset + slot_size <= stride`, so the payload is inside the slot.
-        unsafe { self.slot(index).add(self.payload_offset) }
+        debug_assert!((index as u64) < self.capacity);
+        // SAFETY: `index < capacity` (the trait's contract for callers), and the geometry puts
+        // `capacity` payloads `stride` apart after `payloads`, each inside the lane.
+        unsafe { self.payloads.as_ptr().add(index * self.stride) }
     }
 }
 
-// SAFETY: `new`'s contract gives a mapped slot array of `capacity * stride` bytes; each slot
-// starts 8-aligned with the tag word, and its payload lies within it.
+// SAFETY: `new`'s contract gives a mapped lane: `capacity` tag words, each 8-aligned, and
+// `capacity` payloads of `slot_size` bytes, none overlapping another or a tag.
 #[cfg(not(shmbus_loom))]
 unsafe impl SlotStorage for MappedSlots {
     #[inline(always)]
@@ -134,10 +148,12 @@ unsafe impl SlotStorage for MappedSlots {
 
     #[inline(always)]
     fn tag(&self, index: usize) -> &AtomicU64 {
-        // SAFETY: the slot starts 8-aligned (stride and slots offset are multiples of the
-        // payload offset, itself at least 8) inside the mapping with an 8-byte tag word; an
+        debug_assert!((index as u64) < self.capacity);
+        // SAFETY: `index < capacity`; the tag lies inside the lane, 8-aligned (inline: the
+        // slot's start, a multiple of the payload offset, itself at least 8; apart: 8 bytes each
+        // from the tag array's start, a whole number of 64-byte strides into the lane); an
         // `AtomicU64` is valid for any bits, and other processes only touch it atomically.
-        unsafe { &*(self.slot(index) as *const AtomicU64) }
+        unsafe { &*(self.tags.as_ptr().add(index * self.tag_stride) as *const AtomicU64) }
     }
 
     #[inline(always)]
@@ -172,16 +188,18 @@ unsafe impl SlotStorage for MappedSlots {
         (RELEASE_BYTES / self.stride as u64).clamp(1, (self.capacity / 4).max(1))
     }
 
-    /// The slot's second line, for writing (`prefetchw`), when it has one: its tag's line is
-    /// left alone, since a reader that has caught up polls it.
+    /// The slot's first line that its tag's line is not, for writing (`prefetchw`), when it
+    /// has one: the tag's line is left alone, since a reader that has caught up polls it.
     #[inline(always)]
     fn prepare_write(&self, index: usize) {
         #[cfg(target_arch = "x86_64")]
-        if self.stride > 64 {
+        if let Some(lines) = self.prefetch {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
             // SAFETY: a prefetch never faults and reads or writes nothing; the address is
-            // inside the slot (its stride is above 64 bytes).
-            unsafe { _mm_prefetch::<_MM_HINT_ET0>(self.slot(index).add(64) as *const i8) };
+            // inside the slot (`new`: `prefetch` starts the slots' lines after their tags').
+            unsafe {
+                _mm_prefetch::<_MM_HINT_ET0>(lines.as_ptr().add(index * self.stride) as *const i8)
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = index;
