@@ -86,8 +86,15 @@ impl BenchMessage for Msg64 {
     fn fill(slot: &mut Self, i: u64) {
         *slot = [i; 8];
     }
+    /// Reads the whole message, as a receiver of a 64-byte message would: a message whose
+    /// words differ (torn) reads as `u64::MAX`, which no message carries.
     fn number(&self) -> u64 {
-        self[0]
+        let n = self[0];
+        if self[1..].iter().any(|&w| w != n) {
+            u64::MAX
+        } else {
+            n
+        }
     }
 }
 
