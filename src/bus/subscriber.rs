@@ -835,7 +835,7 @@ impl<T: ?Sized> RingSubscriber<T> {
     /// out of line (`recv_deadline`, which then spins its own count). Measured with
     /// `shmbus bench --quick --only shm-poll-8B --only shm-poll-64B`, three runs each, same
     /// machine state: round trip over the raw cache line 1.33-1.47 -> 1.19-1.27 (8 B),
-    /// 1.35-1.51 -> 1.13-1.33 (64 B).
+    /// 1.35-1.51 -> 1.13-1.33 (64 B, the bench's receiver then reading only the first word).
     #[inline(always)]
     fn poll_ready_spinning(&mut self) -> Option<Ready> {
         let spins = match self.wait {

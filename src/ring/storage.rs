@@ -151,7 +151,7 @@ unsafe impl SlotStorage for MappedSlots {
         debug_assert!((index as u64) < self.capacity);
         // SAFETY: `index < capacity`; the tag lies inside the lane, 8-aligned (inline: the
         // slot's start, a multiple of the payload offset, itself at least 8; apart: 8 bytes each
-        // from the tag array's start, a whole number of 64-byte strides into the lane); an
+        // from the tag array's start, a whole number of strides (multiples of 8) into the lane); an
         // `AtomicU64` is valid for any bits, and other processes only touch it atomically.
         unsafe { &*(self.tags.as_ptr().add(index * self.tag_stride) as *const AtomicU64) }
     }
@@ -168,10 +168,11 @@ unsafe impl SlotStorage for MappedSlots {
 
     #[inline(always)]
     fn payload_words(&self, index: usize) -> &[AtomicU64] {
-        // SAFETY: the payload starts 8-aligned (`payload_offset` is a multiple of 8, as are the
-        // stride and the slots offset), and the stride leaves `slot_size` rounded up to 8 bytes
-        // after it (stride and payload offset are both multiples of 8); atomics are valid for
-        // any bits, and other processes reach these words atomically too.
+        // SAFETY: the payload starts 8-aligned (the slots offset, lane sizes, stride and, inline,
+        // the payload offset are multiples of 8), and the stride leaves `slot_size` rounded up
+        // to 8 bytes after it (`stride >= slot_size`, past the payload offset inline, and both
+        // multiples of 8); atomics are valid for any bits, and other processes reach these
+        // words atomically too.
         unsafe {
             std::slice::from_raw_parts(
                 self.payload_ptr(index) as *const AtomicU64,
