@@ -602,7 +602,7 @@ impl Inner {
             Some(staging) => self.writer.publish_words(staging.words(), len),
             None => self.writer.commit(len),
         }
-        self.control().data.notify(&self.waker());
+        self.control().data.notify_with(|| self.waker());
     }
 }
 

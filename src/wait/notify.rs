@@ -60,6 +60,18 @@ impl WaitCell {
         self.notify_sleepy(park);
     }
 
+    /// [`WaitCell::notify`], with a parker built only when a waiter may sleep: a publisher's
+    /// parker gathers several references, and building it for every message cost 8 of the
+    /// ~60 instructions of a publish (callgrind, one process, 8-byte messages).
+    #[inline(always)]
+    pub fn notify_with<P: Park>(&self, park: impl FnOnce() -> P) {
+        // Relaxed: as in `notify`.
+        if self.may_sleep.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.notify_sleepy(&park());
+    }
+
     #[inline]
     fn notify_sleepy<P: Park>(&self, park: &P) {
         // SeqCst fence: pairs with the fence in `wait`, after `sleepers` is raised. Orders our
