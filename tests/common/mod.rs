@@ -451,6 +451,20 @@ impl Drop for SmallTmpfs {
     }
 }
 
+/// Wait up to `seconds` for `fd` to be readable (an armed subscriber's descriptor); whether
+/// it became so.
+pub fn readable_within(fd: std::os::fd::BorrowedFd<'_>, seconds: i64) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::time::Timespec {
+        tv_sec: seconds,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&timeout)).expect("poll") == 1
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on now, for a test's publisher to bind. Taken
 /// below the kernel's ephemeral range (where no connecting socket is given it behind the test's
 /// back), a different one for each call in this process, and checked by binding it once.
