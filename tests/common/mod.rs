@@ -485,8 +485,40 @@ pub fn free_tcp_port() -> u16 {
         };
         assert!(n < span, "no free TCP port below {ephemeral_low}");
         let port = low + (std::process::id().wrapping_mul(97).wrapping_add(n) % span);
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+        if loopback_port_free(port as u16) {
             return port as u16;
         }
+    }
+}
+
+/// Whether `127.0.0.1:port` can be bound, asked with a socket that binds but never listens:
+/// a probe that listened, even for a moment, could take a connection meant for nobody (and a
+/// process spawned by another test in that moment keeps a copy of it until its `exec`).
+pub fn loopback_port_free(port: u16) -> bool {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("a TCP socket");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    rustix::net::bind(&socket, &addr).is_ok()
+}
+
+/// Whether `127.0.0.1:port` comes free before `within` passes. A listener closed here may live
+/// on for a moment in a process another test is spawning (the copy of the descriptor table a
+/// child holds until its `exec` closes what is close-on-exec).
+pub fn loopback_port_frees(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if loopback_port_free(port) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

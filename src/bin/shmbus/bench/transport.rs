@@ -458,7 +458,18 @@ fn free_port(attempt: u32) -> Result<u16> {
         .wrapping_add(attempt.wrapping_mul(7_919));
     for k in 0..span {
         let port = (low + seed.wrapping_add(k) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // A socket that binds and never listens: a probe that listened could take a
+        // connection, and a child spawned meanwhile would keep it until its exec.
+        let probe = rustix::net::socket_with(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(std::io::Error::from)
+        .context("a TCP socket to probe a port with")?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if rustix::net::bind(&probe, &addr).is_ok() {
             return Ok(port);
         }
     }
