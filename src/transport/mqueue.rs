@@ -649,9 +649,7 @@ impl Watcher {
                                 );
                                 header.seq = k.nonce;
                                 frame::encode_frame(&mut greeting, &header, &payload);
-                                if let Some(link) = greet(&queue, &k, &greeting, &stop_read) {
-                                    arrivals.push(Box::new(link));
-                                }
+                                greet(&queue, &k, &greeting, &stop_read, &arrivals);
                             }
                             Err(Errno::EINTR) => {}
                             Err(Errno::EAGAIN) => break,
@@ -667,33 +665,45 @@ impl Watcher {
     }
 }
 
-/// Answer `knock` with `greeting` (its hello) if it comes from the seat's holder; the link to
-/// it, once the hello is in the queue.
-fn greet(queue: &Arc<Queue>, knock: &Knock, greeting: &[u8], stop: &OwnedFd) -> Option<QueueLink> {
+/// Answer `knock` with `greeting` (its hello) if it comes from the seat's holder, and hand
+/// its link to the publisher. The link joins the arrivals *before* the hello is sent
+/// ([`Arrivals::admit`]): a subscriber that has read its hello has returned from its open, and
+/// a message its publisher sends from then on must reach it (joined after, it would go to
+/// nobody: a conformance test caught that).
+///
+/// While it sends, a publisher that takes its arrivals waits on their lock: for a moment, or,
+/// when an earlier subscriber left the queue full, while the new one reads what was left (at
+/// most [`GREET_WAIT`]).
+fn greet(queue: &Arc<Queue>, knock: &Knock, greeting: &[u8], stop: &OwnedFd, arrivals: &Arrivals) {
     // A knock of a subscriber that has gone since (or of a process that never took the seat).
     if queue.mqd.seat_pid() != Some(knock.pid) {
-        return None;
+        return;
     }
     // Relaxed: see `QueueLink::current`. From here on, the earlier subscriber's link sends
     // nothing more.
     let session = queue.session.fetch_add(1, Ordering::Relaxed) + 1;
+    let link = QueueLink {
+        queue: queue.clone(),
+        session,
+        pid: knock.pid,
+        identity: knock.identity,
+    };
+    arrivals.admit(Box::new(link), |_| send_greeting(queue, greeting, stop));
+}
+
+/// Put `greeting` in the data queue, waiting up to [`GREET_WAIT`] for room while the seat is
+/// held; whether it went.
+fn send_greeting(queue: &Queue, greeting: &[u8], stop: &OwnedFd) -> bool {
     let deadline = Instant::now() + GREET_WAIT;
     loop {
         match queue.mqd.send(greeting) {
-            Ok(()) => {
-                return Some(QueueLink {
-                    queue: queue.clone(),
-                    session,
-                    pid: knock.pid,
-                    identity: knock.identity,
-                })
-            }
+            Ok(()) => return true,
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => {}
-            Err(_) => return None,
+            Err(_) => return false,
         }
         if Instant::now() >= deadline || !matches!(queue.mqd.seat_held(), Ok(true)) {
-            return None;
+            return false;
         }
         let mut fds = [
             rustix::event::PollFd::new(&queue.mqd.0, rustix::event::PollFlags::OUT),
@@ -701,7 +711,7 @@ fn greet(queue: &Arc<Queue>, knock: &Knock, greeting: &[u8], stop: &OwnedFd) -> 
         ];
         let _ = rustix::event::poll(&mut fds, Some(&link::timespec(PEER_CHECK)));
         if !fds[1].revents().is_empty() {
-            return None;
+            return false;
         }
     }
 }
