@@ -208,6 +208,17 @@ impl Tx {
         }
     }
 
+    /// Block: write up to `max` messages as one run (`Writer::write_run`), as many as there is
+    /// room for; returns how many.
+    pub fn try_send_run(&mut self, max: usize) -> usize {
+        let mut seq = self.writer.next_seq();
+        self.writer.write_run(max, MESSAGE_LEN, |payload| {
+            // SAFETY: as in `try_send`: the run's slot is the writer's until its commit.
+            unsafe { (payload as *mut u64).write(value_of(seq)) };
+            seq += 1;
+        })
+    }
+
     /// Overwrite: publish the next message, never waiting.
     pub fn overwrite(&mut self) {
         let seq = self.writer.next_seq();
@@ -248,6 +259,18 @@ impl Rx {
         });
         let _published = self.reader.release();
         Some((ready.seq, value))
+    }
+
+    /// Block: read up to `max` messages as one run (`Reader::read_run`), pushing each one's
+    /// sequence number and value to `out`; returns how many.
+    pub fn try_recv_run(&mut self, max: usize, out: &mut Vec<(u64, u64)>) -> usize {
+        let mut seq = self.reader.next_seq();
+        let (n, _freed) = self.reader.read_run(max, MESSAGE_LEN, |payload| {
+            // SAFETY: as in `try_recv`: the stamp said the message is in the slot.
+            out.push((seq, unsafe { (payload as *const u64).read() }));
+            seq += 1;
+        });
+        n
     }
 
     /// Block: receive the next message, yielding to the scheduler while the ring is empty.

@@ -1171,6 +1171,28 @@ impl<T: ?Sized + InPlace> RingSubscriber<T> {
     }
 }
 
+impl<T: bytemuck::Pod> RingSubscriber<T> {
+    /// The batch's fast path (Block or Fail, one lane): messages of `T` handed to `read` in
+    /// place, up to `max`; `None` when it does not apply or found nothing (the caller then goes
+    /// the general way, which reports what stopped the run).
+    #[inline(always)]
+    fn read_run(&mut self, max: usize, read: &mut impl FnMut(&T)) -> Option<usize> {
+        if self.copy.is_some() || !self.more.is_empty() {
+            return None;
+        }
+        let (got, freed) = self.reader.read_run(max, size_of::<T>() as u32, |ptr| {
+            // SAFETY: as `Sample::deref`: the payload is aligned for `T` (checked at open), the
+            // tag says `size_of::<T>()` bytes, the slot stays this subscriber's until the run
+            // releases it after this call, and any bytes are a `T` (`Pod`).
+            read(unsafe { &*(ptr as *const T) })
+        });
+        if freed {
+            self.control().space.notify(&self.parks.space);
+        }
+        (got > 0).then_some(got)
+    }
+}
+
 impl<T: CheckedBitPattern + NoUninit> RingSubscriber<Checked<T>> {
     /// The next message if one is ready, copied and validated, without waiting. Real-time
     /// safe, as [`Subscriber::try_recv`] for in-place payloads.
@@ -1619,6 +1641,120 @@ impl<T: ?Sized + InPlace> Subscriber<T> {
             SubImp::Ring(s) => s.recv_timeout(timeout),
             SubImp::Copy(s) => s.recv_until(Some(Instant::now() + timeout)),
         }
+    }
+}
+
+/// Batches: many messages a call, read in place (see [`Subscriber::try_recv_many`]).
+impl<T: bytemuck::Pod> Subscriber<T> {
+    /// Hand every message already there, up to `max`, to `read`, in order, without waiting;
+    /// returns how many. Each is read in place, as through a [`Sample`], and its slot goes
+    /// back once `read` returns. Real-time safe on a ring transport, as
+    /// [`Subscriber::try_recv`].
+    ///
+    /// On a ring transport under Block and Fail with one publisher, one loop reads the ring
+    /// with a single comparison a message; a stream of small messages moves several times
+    /// faster than with a sample each (`shmbus bench --only shm-stream-batch-8B`). Elsewhere
+    /// it is a `try_recv` per message.
+    ///
+    /// A `read` that panics leaves its message unreleased: the next receive returns it again.
+    ///
+    /// ```
+    /// # let bus = shmbus::Bus::builder().prefix("doctest-recv-many.").build().unwrap();
+    /// let mut publisher = bus.publisher::<u64>("ticks").create().unwrap();
+    /// let mut subscriber = bus.subscriber::<u64>("ticks").open().unwrap();
+    /// for i in 0..10 {
+    ///     publisher.try_send(i).unwrap();
+    /// }
+    /// let mut sum = 0;
+    /// assert_eq!(subscriber.try_recv_many(64, |tick| sum += *tick)?, 10);
+    /// assert_eq!(sum, 45);
+    /// assert_eq!(subscriber.try_recv_many(64, |tick| sum += *tick)?, 0);
+    /// # Ok::<(), shmbus::RecvError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Subscriber::try_recv`]. An error ends the batch; the messages handed to `read`
+    /// before it were received.
+    #[inline]
+    pub fn try_recv_many(
+        &mut self,
+        max: usize,
+        mut read: impl FnMut(&T),
+    ) -> Result<usize, RecvError> {
+        if let SubImp::Ring(s) = &mut self.imp {
+            if let Some(got) = s.read_run(max, &mut read) {
+                return Ok(got);
+            }
+        }
+        self.recv_rest(0, max, &mut read)
+    }
+
+    /// Like [`Subscriber::try_recv_many`], first waiting (per the subscriber's
+    /// [`WaitStrategy`]) for a message if none is there: returns at least one (unless `max` is
+    /// 0).
+    ///
+    /// # Errors
+    /// As [`Subscriber::try_recv_many`].
+    #[inline]
+    pub fn recv_many(&mut self, max: usize, read: impl FnMut(&T)) -> Result<usize, RecvError> {
+        self.recv_many_until(max, None, read)
+    }
+
+    /// Like [`Subscriber::recv_many`], waiting up to `timeout`: `Ok(0)` if nothing came.
+    ///
+    /// # Errors
+    /// As [`Subscriber::try_recv_many`].
+    pub fn recv_many_timeout(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        read: impl FnMut(&T),
+    ) -> Result<usize, RecvError> {
+        self.recv_many_until(max, Some(timeout), read)
+    }
+
+    #[inline]
+    fn recv_many_until(
+        &mut self,
+        max: usize,
+        timeout: Option<Duration>,
+        mut read: impl FnMut(&T),
+    ) -> Result<usize, RecvError> {
+        let got = self.try_recv_many(max, &mut read)?;
+        if got > 0 || max == 0 {
+            return Ok(got);
+        }
+        {
+            let first = match timeout {
+                None => Some(self.recv()?),
+                Some(timeout) => self.recv_timeout(timeout)?,
+            };
+            match first {
+                Some(sample) => read(&sample),
+                None => return Ok(0),
+            }
+        }
+        match &mut self.imp {
+            SubImp::Ring(s) => Ok(1 + s.read_run(max - 1, &mut read).unwrap_or(0)),
+            SubImp::Copy(_) => self.recv_rest(1, max, &mut read),
+        }
+    }
+
+    /// The general way: a `try_recv` a message while `got < max`.
+    fn recv_rest(
+        &mut self,
+        mut got: usize,
+        max: usize,
+        read: &mut impl FnMut(&T),
+    ) -> Result<usize, RecvError> {
+        while got < max {
+            match self.try_recv()? {
+                Some(sample) => read(&sample),
+                None => break,
+            }
+            got += 1;
+        }
+        Ok(got)
     }
 }
 

@@ -370,6 +370,47 @@ impl<S: SlotStorage> Writer<S> {
         self.commit(len);
     }
 
+    /// Block: write up to `max` messages of `len` bytes (`len <= slot_size`), as many as
+    /// there is room for, without waiting: for each, `fill` writes the slot's payload through
+    /// the pointer it is given (valid for `slot_size` bytes during the call) and the message is committed as [`Writer::commit`] does, but for the prefetch of
+    /// the next slot, made once after the last. The readers are scanned only when the ring
+    /// looked full. Returns how many were written.
+    ///
+    /// A `fill` that panics leaves its slot unpublished and the messages before it sent.
+    #[inline(always)]
+    pub fn write_run(&mut self, max: usize, len: u32, mut fill: impl FnMut(*mut u8)) -> usize {
+        debug_assert!(!self.overwrite && len <= self.storage.slot_size());
+        if self.limit.wrapping_sub(self.tail) as i64 <= 0 {
+            self.scan();
+        }
+        // At most a capacity: the scan's limit is never more than that past the tail.
+        let room = (self.limit.wrapping_sub(self.tail) as i64).max(0) as u64;
+        let n = (max as u64).min(room) as usize;
+        let mask = self.mask;
+        // SAFETY: valid for the writer's life (constructor's contract); dereferenced here so
+        // that the fields below are borrowed apart.
+        let words = unsafe { &*self.words };
+        let storage = &self.storage;
+        let mut tail = Cursor::new(&mut self.tail);
+        for _ in 0..n {
+            let index = (tail.value & mask) as usize;
+            storage.with_payload_mut(index, &mut fill);
+            // Release: as in `commit`.
+            storage
+                .tag(index)
+                .store(tag(tail.value, len), Ordering::Release);
+            tail.value = tail.value.wrapping_add(1);
+            // Release: as in `commit`; per message, so that a `fill` that panics leaves the
+            // shared tail right for a publisher that attaches after this one.
+            words.tail.store(tail.value, Ordering::Release);
+        }
+        drop(tail);
+        if n > 0 {
+            self.storage.prepare_write((self.tail & self.mask) as usize);
+        }
+        n
+    }
+
     /// Publish the claimed slot as a message of `len` bytes (`len <= slot_size`).
     ///
     /// Call only after [`Writer::try_claim`] returned `Some` (or from `publish_words`). The
@@ -388,6 +429,31 @@ impl<S: SlotStorage> Writer<S> {
         // before it written (it checks their stamps anyway).
         self.words().tail.store(self.tail, Ordering::Release);
         self.storage.prepare_write((self.tail & self.mask) as usize);
+    }
+}
+
+/// A sequence number kept in a local during a run (a register, where the field behind `&mut
+/// self` would be stored on every step) and written back to its field when the run ends,
+/// also when the run's callback panics.
+struct Cursor<'a> {
+    field: &'a mut u64,
+    value: u64,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline(always)]
+    fn new(field: &'a mut u64) -> Self {
+        Self {
+            value: *field,
+            field,
+        }
+    }
+}
+
+impl Drop for Cursor<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        *self.field = self.value;
     }
 }
 
@@ -561,6 +627,63 @@ impl<S: SlotStorage> Reader<S> {
             seq: self.head,
             len,
         })
+    }
+
+    /// Block: hand each message from the head on whose tag says it is there with exactly
+    /// `len` bytes, up to `max`, to `read` (a pointer to its payload, valid for `len` bytes
+    /// during the call: the message is read in place), in order;
+    /// each slot is released once `read` returns, as [`Reader::release`] does. Stops at the
+    /// first slot that is not such a message (not there yet, or of another length: left for
+    /// [`Reader::peek`] to report); having found the ring empty, gives back every slot read
+    /// ([`Reader::flush`]). Returns how many were read, and whether slots went back to the
+    /// writer (which may be waiting for room).
+    ///
+    /// A `read` that panics leaves its message unreleased (it comes again) and the ones before
+    /// it read.
+    #[inline(always)]
+    pub fn read_run(
+        &mut self,
+        max: usize,
+        len: u32,
+        mut read: impl FnMut(*const u8),
+    ) -> (usize, bool) {
+        let (mask, batch) = (self.mask, self.release_batch);
+        // SAFETY: valid for the reader's life (constructor's contract); dereferenced here so
+        // that the fields below are borrowed apart.
+        let entry = unsafe { &*self.entry };
+        let storage = &self.storage;
+        let mut head = Cursor::new(&mut self.head);
+        let mut published = Cursor::new(&mut self.published);
+        let (mut n, mut freed) = (0, false);
+        while n < max {
+            let index = (head.value & mask) as usize;
+            // Acquire: pairs with the writer's Release store of the tag in `commit`. One
+            // comparison checks the stamp and the length together.
+            if storage.tag(index).load(Ordering::Acquire) != tag(head.value, len) {
+                // Found the ring empty (or a message for `peek`): every slot read goes back.
+                if published.value != head.value {
+                    published.value = head.value;
+                    // Release: as in `publish`.
+                    entry
+                        .head
+                        .store(head.value.wrapping_add(1), Ordering::Release);
+                    freed = true;
+                }
+                break;
+            }
+            storage.with_payload(index, &mut read);
+            head.value = head.value.wrapping_add(1);
+            n += 1;
+            if head.value.wrapping_sub(published.value) >= batch {
+                published.value = head.value;
+                // Release: as in `publish`.
+                entry
+                    .head
+                    .store(head.value.wrapping_add(1), Ordering::Release);
+                freed = true;
+            }
+        }
+        (n, freed)
     }
 
     /// Overwrite: copy message `head` into `dst` (at least `slot_size` rounded up to words)

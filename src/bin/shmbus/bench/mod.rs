@@ -55,6 +55,9 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-stream-slip-8B, -64B       the same with a 4 µs slip       limit raw-ring-8B, raw-ring-64B
                                  (SubscriberBuilder::slip: a subscriber that catches up pauses
                                  so that it reads lines the publisher has finished)
+  shm-stream-batch-8B, -64B      the same, a batch a call        limit raw-ring-8B, raw-ring-64B
+                                 (Publisher::send_many, Subscriber::recv_many: one check for
+                                 room, one wake-up, one comparison a message)
   shm-stream-2pub-64B            two publishers (lanes) taking   limit raw-ring-64B
                                  turns, one subscriber
   shm-overwrite-publish-8sub-64B the Overwrite publisher's rate  limit the same with 1 sub
@@ -263,6 +266,8 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("shm-stream-64B", 64, true),
     ("shm-stream-slip-8B", 8, true),
     ("shm-stream-slip-64B", 64, true),
+    ("shm-stream-batch-8B", 8, true),
+    ("shm-stream-batch-64B", 64, true),
     ("raw-ring-64B", 64, true),
     ("shm-stream-2pub-64B", 64, true),
     ("shm-overwrite-publish-1sub-64B", 64, true),
@@ -326,6 +331,8 @@ const STREAM_GROUPS: &[[&str; 2]] = &[
     ["shm-stream-64B", "raw-ring-64B"],
     ["shm-stream-slip-8B", "raw-ring-8B"],
     ["shm-stream-slip-64B", "raw-ring-64B"],
+    ["shm-stream-batch-8B", "raw-ring-8B"],
+    ["shm-stream-batch-64B", "raw-ring-64B"],
     ["shm-stream-2pub-64B", "raw-ring-64B"],
     // Publish cost against subscriber count: the limit is the same publisher with one.
     [
@@ -430,10 +437,13 @@ fn start_stream(name: &'static str, ctx: &Ctx) -> Result<Box<dyn Stream>> {
     Ok(match name {
         _ if kernel::is_kernel_case(name) => Box::new(kernel::KernelStream::start(ctx, name)?),
         _ if transport::row(name).is_some() => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
-        "shm-stream-8B" | "shm-stream-slip-8B" => Box::new(ShmStream::<Msg8>::start(ctx, name)?),
-        "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
-            Box::new(ShmStream::<Msg64>::start(ctx, name)?)
+        "shm-stream-8B" | "shm-stream-slip-8B" | "shm-stream-batch-8B" => {
+            Box::new(ShmStream::<Msg8>::start(ctx, name)?)
         }
+        "shm-stream-64B"
+        | "shm-stream-slip-64B"
+        | "shm-stream-batch-64B"
+        | "shm-stream-2pub-64B" => Box::new(ShmStream::<Msg64>::start(ctx, name)?),
         _ if OVERWRITE.contains(&name) => Box::new(ShmOverwrite::start(ctx, name)?),
         "raw-ring-8B" => Box::new(raw::RawRing::<1>::start(ctx, name)?),
         "raw-ring-64B" => Box::new(raw::RawRing::<8>::start(ctx, name)?),
@@ -492,12 +502,13 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "shm-poll-4KiB-write8" => shm::ping_pong_peer::<shm::Msg4K>(&mut ctl, &place, case, spec),
         "shm-poll-64KiB-write8" => shm::ping_pong_peer::<shm::Msg64K>(&mut ctl, &place, case, spec),
         _ if OVERWRITE.contains(&case) => shm::overwrite_peer(&mut ctl, &shm_bus, case),
-        "shm-stream-8B" | "shm-stream-slip-8B" => {
+        "shm-stream-8B" | "shm-stream-slip-8B" | "shm-stream-batch-8B" => {
             shm::stream_peer::<shm::Msg8>(&mut ctl, &place, case, spec)
         }
-        "shm-stream-64B" | "shm-stream-slip-64B" | "shm-stream-2pub-64B" => {
-            shm::stream_peer::<shm::Msg64>(&mut ctl, &place, case, spec)
-        }
+        "shm-stream-64B"
+        | "shm-stream-slip-64B"
+        | "shm-stream-batch-64B"
+        | "shm-stream-2pub-64B" => shm::stream_peer::<shm::Msg64>(&mut ctl, &place, case, spec),
         _ => bail!("unknown case {case:?}"),
     }
 }

@@ -20,9 +20,10 @@
 //!   (`Place::spawn`): each side's bus is over a `Pipe` taken from its end.
 //! - `shm-stream-*`: the parent publishes, the child receives and copies each message out,
 //!   one direction, polling; `shm-stream-slip-*` the same with a [`STREAM_SLIP`] slip (see
-//!   `SubscriberBuilder::slip`); `shm-stream-2pub-64B` with two publishers (two lanes of one
-//!   topic, written in turns by the parent) and one subscriber that takes them in turns;
-//!   `<transport>-stream-64B` the same over a transport row's transport, whose subscriber
+//!   `SubscriberBuilder::slip`); `shm-stream-batch-*` the same a batch a call
+//!   (`Publisher::send_many`, `Subscriber::recv_many`); `shm-stream-2pub-64B` with two
+//!   publishers (two lanes of one topic, written in turns by the parent) and one subscriber
+//!   that takes them in turns; `<transport>-stream-64B` the same over a transport row's transport, whose subscriber
 //!   sleeps in the kernel when it is copying.
 //! - `shm-overwrite-publish-Nsub-64B`: the publisher's own rate under `Policy::Overwrite`, timed
 //!   by the parent, with N subscribers copying in the child: the publisher never reads a
@@ -342,6 +343,16 @@ impl<T: BenchMessage> Stream for ShmStream<T> {
     fn block(&mut self, n: u64) -> Result<StreamBlock> {
         self.peer.run(n)?;
         match &mut self.publishers[..] {
+            [one] if self.name.contains("-batch-") => {
+                let mut i = 0;
+                while i < n {
+                    one.send_many((n - i) as usize, |slot| {
+                        T::fill(slot, i);
+                        i += 1;
+                    })
+                    .context("send_many")?;
+                }
+            }
             [one] => {
                 for i in 0..n {
                     publish(one, i)?;
@@ -396,20 +407,30 @@ pub fn stream_peer<T: BenchMessage>(
     ctl.reply("ready")?;
     while let Some(n) = ctl.next_run()? {
         let mut sum = 0u64;
-        let mut receive = || -> Result<()> {
-            let sample = subscriber.recv().context("recv")?;
-            let message: T = black_box(*sample);
-            sum = sum.wrapping_add(message.number());
-            Ok(())
-        };
         if n == 0 {
             ctl.reply("done 1 0")?;
             continue;
         }
-        receive()?;
+        let first = subscriber.recv().context("recv")?;
+        sum = sum.wrapping_add(black_box(*first).number());
+        drop(first);
         let start = Instant::now();
-        for _ in 1..n {
-            receive()?;
+        let mut got = 1;
+        if case.contains("-batch-") {
+            while got < n {
+                got += subscriber
+                    .recv_many((n - got) as usize, |m| {
+                        sum = sum.wrapping_add(black_box(*m).number())
+                    })
+                    .context("recv_many")? as u64;
+            }
+        } else {
+            while got < n {
+                let sample = subscriber.recv().context("recv")?;
+                let message: T = black_box(*sample);
+                sum = sum.wrapping_add(message.number());
+                got += 1;
+            }
         }
         let elapsed = start.elapsed().as_nanos();
         ctl.reply(&format!("done {elapsed} {sum}"))?;
