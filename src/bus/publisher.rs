@@ -935,13 +935,13 @@ impl<T: bytemuck::Pod> Publisher<T> {
     /// # let bus = shmbus::Bus::builder().prefix("doctest-send-many.").build().unwrap();
     /// let mut publisher = bus.publisher::<u64>("ticks").capacity(64).create().unwrap();
     /// let mut next = 0u64;
-    /// // Nobody subscribes: nothing holds a slot, and all 100 go (a subscriber that is slower
-    /// // would have left room for fewer).
+    /// // A batch takes the room there is: with nobody subscribed, the whole ring (a subscriber
+    /// // that has not read the last messages yet would leave less).
     /// let sent = publisher.try_send_many(100, |slot| {
     ///     *slot = next;
     ///     next += 1;
     /// })?;
-    /// assert_eq!(sent, 100);
+    /// assert_eq!((sent, next), (64, 64));
     /// # Ok::<(), shmbus::TryLoanError>(())
     /// ```
     ///
