@@ -1652,8 +1652,8 @@ impl<T: bytemuck::Pod> Subscriber<T> {
     /// [`Subscriber::try_recv`].
     ///
     /// On a ring transport under Block and Fail with one publisher, one loop reads the ring
-    /// with a single comparison a message; a stream of small messages moves several times
-    /// faster than with a sample each (`shmbus bench --only shm-stream-batch-8B`). Elsewhere
+    /// with a single comparison a message; a stream of 8-byte messages moves 2-3x as many a
+    /// second as with a sample each (`shmbus bench --only shm-stream-batch-8B`). Elsewhere
     /// it is a `try_recv` per message.
     ///
     /// A `read` that panics leaves its message unreleased: the next receive returns it again.
