@@ -1734,10 +1734,7 @@ impl<T: bytemuck::Pod> Subscriber<T> {
                 None => return Ok(0),
             }
         }
-        match &mut self.imp {
-            SubImp::Ring(s) => Ok(1 + s.read_run(max - 1, &mut read).unwrap_or(0)),
-            SubImp::Copy(_) => self.recv_rest(1, max, &mut read),
-        }
+        Ok(1 + self.try_recv_many(max - 1, read)?)
     }
 
     /// The general way: a `try_recv` a message while `got < max`.

@@ -372,9 +372,10 @@ impl<S: SlotStorage> Writer<S> {
 
     /// Block: write up to `max` messages of `len` bytes (`len <= slot_size`), as many as
     /// there is room for, without waiting: for each, `fill` writes the slot's payload through
-    /// the pointer it is given (valid for `slot_size` bytes during the call) and the message is committed as [`Writer::commit`] does, but for the prefetch of
-    /// the next slot, made once after the last. The readers are scanned only when the ring
-    /// looked full. Returns how many were written.
+    /// the pointer it is given (valid for `slot_size` bytes during the call), and the message
+    /// is committed as [`Writer::commit`] does, but for the prefetch of the next slot, made
+    /// once after the last. The readers are scanned only when the ring looked full. Returns
+    /// how many were written.
     ///
     /// A `fill` that panics leaves its slot unpublished and the messages before it sent.
     #[inline(always)]
@@ -390,9 +391,10 @@ impl<S: SlotStorage> Writer<S> {
         // SAFETY: valid for the writer's life (constructor's contract); dereferenced here so
         // that the fields below are borrowed apart.
         let words = unsafe { &*self.words };
-        let storage = &self.storage;
+        let storage = self.storage.local();
         let mut tail = Cursor::new(&mut self.tail);
-        for _ in 0..n {
+        let end = tail.value.wrapping_add(n as u64);
+        while tail.value != end {
             let index = (tail.value & mask) as usize;
             storage.with_payload_mut(index, &mut fill);
             // Release: as in `commit`.
@@ -631,12 +633,12 @@ impl<S: SlotStorage> Reader<S> {
 
     /// Block: hand each message from the head on whose tag says it is there with exactly
     /// `len` bytes, up to `max`, to `read` (a pointer to its payload, valid for `len` bytes
-    /// during the call: the message is read in place), in order;
-    /// each slot is released once `read` returns, as [`Reader::release`] does. Stops at the
-    /// first slot that is not such a message (not there yet, or of another length: left for
-    /// [`Reader::peek`] to report); having found the ring empty, gives back every slot read
-    /// ([`Reader::flush`]). Returns how many were read, and whether slots went back to the
-    /// writer (which may be waiting for room).
+    /// during the call: the message is read in place), in order; each slot is released once
+    /// `read` returns, as [`Reader::release`] does. Stops at the first slot that is not such a
+    /// message (not there yet, or of another length: left for [`Reader::peek`] to report);
+    /// having found the ring empty, gives back every slot read ([`Reader::flush`]). Returns
+    /// how many were read, and whether slots went back to the writer (which may be waiting
+    /// for room).
     ///
     /// A `read` that panics leaves its message unreleased (it comes again) and the ones before
     /// it read.
@@ -651,11 +653,20 @@ impl<S: SlotStorage> Reader<S> {
         // SAFETY: valid for the reader's life (constructor's contract); dereferenced here so
         // that the fields below are borrowed apart.
         let entry = unsafe { &*self.entry };
-        let storage = &self.storage;
+        let storage = self.storage.local();
         let mut head = Cursor::new(&mut self.head);
         let mut published = Cursor::new(&mut self.published);
-        let (mut n, mut freed) = (0, false);
-        while n < max {
+        let start = head.value;
+        // Wrapping: a `max` beyond any sequence number is as good as none.
+        let end = start.wrapping_add(max as u64);
+        // Where the next release batch is due (as `maybe_publish` reckons it: a batch after
+        // the last one; after the next message, had that passed).
+        let mut due = published.value.wrapping_add(batch);
+        if (due.wrapping_sub(start) as i64) <= 0 {
+            due = start.wrapping_add(1);
+        }
+        let mut freed = false;
+        while head.value != end {
             let index = (head.value & mask) as usize;
             // Acquire: pairs with the writer's Release store of the tag in `commit`. One
             // comparison checks the stamp and the length together.
@@ -673,9 +684,9 @@ impl<S: SlotStorage> Reader<S> {
             }
             storage.with_payload(index, &mut read);
             head.value = head.value.wrapping_add(1);
-            n += 1;
-            if head.value.wrapping_sub(published.value) >= batch {
+            if head.value == due {
                 published.value = head.value;
+                due = head.value.wrapping_add(batch);
                 // Release: as in `publish`.
                 entry
                     .head
@@ -683,7 +694,7 @@ impl<S: SlotStorage> Reader<S> {
                 freed = true;
             }
         }
-        (n, freed)
+        (head.value.wrapping_sub(start) as usize, freed)
     }
 
     /// Overwrite: copy message `head` into `dst` (at least `slot_size` rounded up to words)
@@ -1068,5 +1079,54 @@ mod tests {
         w.commit(8);
         w.storage().tag(i).store(tag(0, 9), Ordering::Relaxed);
         assert_eq!(r.peek(), Peek::BadLength { seq: 0, len: 9 });
+    }
+    /// Runs: a reader's run gives slots back a release batch at a time and, finding the ring
+    /// empty, all of them; it stops at a message of another length and leaves it for `peek`;
+    /// a writer's run takes the room there is.
+    #[test]
+    fn runs_release_in_batches_and_stop_where_peek_must_look() {
+        let p = Parts {
+            slots: Arc::new(HeapSlots::with_release_batch(8, 3)),
+            ..parts(8, 1)
+        };
+        let mut r = p.reader(0, 0);
+        let mut w = p.writer(0, false);
+        let head = |p: &Parts| p.entries[0].head.load(Ordering::Relaxed).wrapping_sub(1);
+        let mut next = 0u64;
+        let fill = |ptr: *mut u8| {
+            // SAFETY: heap slots are 8 aligned bytes, the run's slot the writer's.
+            unsafe { (ptr as *mut u64).write(next) };
+            next += 1;
+        };
+        assert_eq!(w.write_run(100, 8, fill), 8, "a ring's room, no more");
+        assert_eq!(w.write_run(100, 8, |_| unreachable!()), 0, "full");
+        let mut got = Vec::new();
+        let mut read = |ptr: *const u8| {
+            // SAFETY: heap slots are 8 aligned bytes, written before the stamp.
+            got.push(unsafe { (ptr as *const u64).read() })
+        };
+        assert_eq!(
+            r.read_run(2, 8, &mut read),
+            (2, false),
+            "under a batch: nothing back"
+        );
+        assert_eq!(head(&p), 0);
+        assert_eq!(r.read_run(5, 8, &mut read), (5, true), "3 and 6 back");
+        assert_eq!(head(&p), 6);
+        assert_eq!(r.read_run(5, 8, &mut read), (1, true), "empty: all back");
+        assert_eq!(head(&p), 8);
+        assert_eq!(got, (0..8).collect::<Vec<_>>());
+        assert_eq!(r.read_run(5, 8, |_| unreachable!()), (0, false));
+        // A message of 4 bytes stops a run of 8-byte ones, and peek reports it.
+        let mut four = |ptr: *mut u8| {
+            // SAFETY: heap slots are 8 aligned bytes, the run's slot the writer's.
+            unsafe { (ptr as *mut u32).write(7) }
+        };
+        assert_eq!(w.write_run(1, 4, &mut four), 1);
+        assert_eq!(r.read_run(5, 8, |_| unreachable!()), (0, false));
+        assert!(matches!(
+            r.peek(),
+            Peek::Ready(Ready { len: 4, seq: 8, .. })
+        ));
     }
 }
