@@ -1,6 +1,7 @@
 //! In-process ring throughput, in messages per second, at 8 B, 64 B and 1 KiB payloads: a
 //! publisher and a subscriber on two threads of one process, and one thread that sends then
-//! receives each message. Every case goes through the public API on a topic of its own.
+//! receives each message, one a call and in batches of 64. Every case goes through the public
+//! API on a topic of its own.
 //!
 //! The two threads are pinned to two different CPUs when the process may use two, so that the
 //! scheduler does not move them between samples. This bench is for comparing commits of the
@@ -129,6 +130,38 @@ fn one_thread<T: Pod>(
     });
 }
 
+/// Messages a batch in `one_thread_batches`.
+const BATCH: usize = 64;
+
+/// One thread sends a batch of [`BATCH`], then receives it (`try_send_many`,
+/// `try_recv_many`): what the batch calls cost a message, beside `send-then-recv`.
+fn one_thread_batches<T: Pod>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    bus: &Bus,
+    size: &str,
+    message: fn(u64) -> T,
+) {
+    group.bench_function(format!("batch-send-then-recv/{size}"), |b| {
+        let (mut publisher, mut subscriber) = topic::<T>(bus, &format!("one-thread-batch-{size}"));
+        let mut i = 0u64;
+        b.iter(|| {
+            let sent = publisher
+                .try_send_many(BATCH, |slot| {
+                    *slot = message(i);
+                    i += 1;
+                })
+                .expect("send");
+            assert_eq!(sent, BATCH);
+            let got = subscriber
+                .try_recv_many(BATCH, |m| {
+                    black_box(*m);
+                })
+                .expect("receive");
+            assert_eq!(got, BATCH);
+        });
+    });
+}
+
 fn ring_throughput(c: &mut Criterion) {
     let bus = bus();
     let mut group = c.benchmark_group("spsc");
@@ -140,6 +173,13 @@ fn ring_throughput(c: &mut Criterion) {
     one_thread::<u64>(&mut group, &bus, "8B", |i| i);
     one_thread::<[u64; 8]>(&mut group, &bus, "64B", |i| [i; 8]);
     one_thread::<[u64; 128]>(&mut group, &bus, "1KiB", |i| [i; 128]);
+    group.finish();
+    // A batch a step: the throughput counts its messages.
+    let mut group = c.benchmark_group("spsc");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.measurement_time(Duration::from_secs(3));
+    one_thread_batches::<u64>(&mut group, &bus, "8B", |i| i);
+    one_thread_batches::<[u64; 8]>(&mut group, &bus, "64B", |i| [i; 8]);
     group.finish();
 }
 
