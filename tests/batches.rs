@@ -42,11 +42,7 @@ fn child_entry() {
 
 /// Receive in batches until the topic closes, checking every message; report count and errors.
 fn child_subscribe_batches() -> i32 {
-    let bus = Bus::builder()
-        .prefix(&arg("prefix"))
-        .transport_boxed(shmbus::transport::parse(&arg("spec")).expect("a valid spec"))
-        .build()
-        .expect("a bus");
+    let bus = common::bus_over(&arg("spec"), &arg("prefix"));
     let wait = match arg("wait").as_str() {
         "spin" => WaitStrategy::Spin,
         _ => WaitStrategy::default(),
@@ -90,11 +86,7 @@ fn child_subscribe_batches() -> i32 {
             }
         }
     }
-    say(&format!(
-        "RESULT received={received} errors={errors} disconnected={}",
-        disconnected as u8
-    ));
-    i32::from(errors != 0 || !disconnected)
+    common::report_received(received, errors, disconnected)
 }
 
 /// Publish `n` messages over `spec` in batches of every size in [`SIZES`] to a child that
@@ -103,11 +95,7 @@ fn batch_stream(spec: &str, test: &str, wait: &str, n: u64) {
     let _one_at_a_time = lock(&HEAVY);
     let prefix = common::unique_prefix(test);
     let _cleanup = Cleanup::new(&prefix);
-    let bus = Bus::builder()
-        .prefix(&prefix)
-        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
-        .build()
-        .unwrap();
+    let bus = common::bus_over(spec, &prefix);
     let mut publisher = bus
         .publisher::<Msg>("stream")
         .capacity(CAPACITY)

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::bus_over as bus;
+
 use common::{arg, arg_u64, exit_child, say, ChildProc, CHILD_STALL};
 use shmbus::layout::Policy;
 use shmbus::transport::frame::Hello;
@@ -73,14 +75,6 @@ fn never_full(spec: &str) -> bool {
 /// Whether a transport copies (frames on a kernel object) rather than sharing a ring.
 fn copying(spec: &str) -> bool {
     !(spec.starts_with("shm") || spec.starts_with("mmap") || spec.starts_with("portable"))
-}
-
-fn bus(spec: &str, prefix: &str) -> Bus {
-    Bus::builder()
-        .prefix(prefix)
-        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
-        .build()
-        .expect("a bus")
 }
 
 /// A Block publisher of topic `t` (u64) with 16 slots, over `spec`.

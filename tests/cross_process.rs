@@ -113,26 +113,14 @@ fn receive_all<T: ?Sized + shmbus::InPlace>(
             }
         }
     }
-    say(&format!(
-        "RESULT received={received} errors={errors} disconnected={}",
-        disconnected as u8
-    ));
-    if errors == 0 && disconnected {
-        0
-    } else {
-        1
-    }
+    common::report_received(received, errors, disconnected)
 }
 
 /// The bus of a stream's child: the parent's transport (`spec`), the native one by default.
 fn stream_child_bus() -> Bus {
     match common::arg_or("spec", "").as_str() {
         "" => child_bus(),
-        spec => Bus::builder()
-            .prefix(&arg("prefix"))
-            .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
-            .build()
-            .expect("a bus"),
+        spec => common::bus_over(spec, &arg("prefix")),
     }
 }
 
@@ -275,11 +263,7 @@ fn typed_stream_over(spec: &str, test: &str, wait: WaitStrategy, slip_us: u32) {
     let _one_at_a_time = lock(&HEAVY);
     let prefix = common::unique_prefix(test);
     let _cleanup = Cleanup::new(&prefix);
-    let bus = Bus::builder()
-        .prefix(&prefix)
-        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
-        .build()
-        .unwrap();
+    let bus = common::bus_over(spec, &prefix);
     let mut publisher = bus
         .publisher::<Msg>("stream")
         .capacity(CAPACITY)

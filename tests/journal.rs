@@ -6,11 +6,13 @@
 
 mod common;
 
+use common::bus_over as bus;
+
 use common::msg::{message, Msg};
 use common::{arg, arg_or, arg_u64, exit_child, say, ChildProc, CHILD_STALL};
 use shmbus::journal::{Pace, RecordError, Recorder, ReplayError, Replayer};
 use shmbus::layout::TypeFingerprint;
-use shmbus::{Bus, OpenError, RecvError};
+use shmbus::{OpenError, RecvError};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,14 +45,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn bus(spec: &str, prefix: &str) -> Bus {
-    Bus::builder()
-        .prefix(prefix)
-        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
-        .build()
-        .expect("a bus")
 }
 
 fn msg_fingerprint() -> TypeFingerprint {

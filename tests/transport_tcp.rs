@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::bus_over as bus;
+
 use common::{arg, arg_u64, exit_child, say, ChildProc, CHILD_STALL};
 use shmbus::transport::{ListenError, Tcp};
 use shmbus::{Bus, CreateError, OpenError, RecvError};
@@ -25,14 +27,6 @@ const OPEN: Duration = Duration::from_secs(20);
 /// The value of message `i` on the topic at `index` in a publisher's list: each topic's own.
 fn value(index: u64, i: u64) -> u64 {
     (index + 1) * 1_000_000 + i
-}
-
-fn bus(spec: &str, prefix: &str) -> Bus {
-    Bus::builder()
-        .prefix(prefix)
-        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
-        .build()
-        .expect("a bus")
 }
 
 fn tcp_bus(tcp: Tcp, prefix: &str) -> Bus {

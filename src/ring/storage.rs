@@ -45,84 +45,55 @@ pub unsafe trait SlotStorage {
     fn local(&self) -> Self::Local<'_>;
 }
 
-// SAFETY: forwards to `S`, whose guarantees hold through a shared reference.
-unsafe impl<S: SlotStorage> SlotStorage for &S {
-    #[inline(always)]
-    fn capacity(&self) -> u64 {
-        (**self).capacity()
-    }
-    #[inline(always)]
-    fn slot_size(&self) -> u32 {
-        (**self).slot_size()
-    }
-    #[inline(always)]
-    fn tag(&self, index: usize) -> &AtomicU64 {
-        (**self).tag(index)
-    }
-    #[inline(always)]
-    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
-        (**self).with_payload(index, f)
-    }
-    #[inline(always)]
-    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
-        (**self).with_payload_mut(index, f)
-    }
-    fn payload_words(&self, index: usize) -> &[AtomicU64] {
-        (**self).payload_words(index)
-    }
-    fn release_batch(&self) -> u64 {
-        (**self).release_batch()
-    }
-    #[inline(always)]
-    fn prepare_write(&self, index: usize) {
-        (**self).prepare_write(index)
-    }
-    type Local<'b>
-        = S::Local<'b>
-    where
-        Self: 'b;
-    #[inline(always)]
-    fn local(&self) -> Self::Local<'_> {
-        (**self).local()
-    }
+/// `SlotStorage` for a pointer to storage (`&S`, `Arc<S>`): every call forwarded to `S`.
+macro_rules! forward_slot_storage {
+    ($pointer:ty) => {
+        // SAFETY: forwards to `S`, whose guarantees hold through a shared pointer to it.
+        unsafe impl<S: SlotStorage> SlotStorage for $pointer {
+            #[inline(always)]
+            fn capacity(&self) -> u64 {
+                (**self).capacity()
+            }
+            #[inline(always)]
+            fn slot_size(&self) -> u32 {
+                (**self).slot_size()
+            }
+            #[inline(always)]
+            fn tag(&self, index: usize) -> &AtomicU64 {
+                (**self).tag(index)
+            }
+            #[inline(always)]
+            fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
+                (**self).with_payload(index, f)
+            }
+            #[inline(always)]
+            fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+                (**self).with_payload_mut(index, f)
+            }
+            fn payload_words(&self, index: usize) -> &[AtomicU64] {
+                (**self).payload_words(index)
+            }
+            fn release_batch(&self) -> u64 {
+                (**self).release_batch()
+            }
+            #[inline(always)]
+            fn prepare_write(&self, index: usize) {
+                (**self).prepare_write(index)
+            }
+            type Local<'b>
+                = S::Local<'b>
+            where
+                Self: 'b;
+            #[inline(always)]
+            fn local(&self) -> Self::Local<'_> {
+                (**self).local()
+            }
+        }
+    };
 }
 
-// SAFETY: forwards to `S`, whose guarantees hold through a shared pointer.
-unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
-    fn capacity(&self) -> u64 {
-        (**self).capacity()
-    }
-    fn slot_size(&self) -> u32 {
-        (**self).slot_size()
-    }
-    fn tag(&self, index: usize) -> &AtomicU64 {
-        (**self).tag(index)
-    }
-    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
-        (**self).with_payload(index, f)
-    }
-    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
-        (**self).with_payload_mut(index, f)
-    }
-    fn payload_words(&self, index: usize) -> &[AtomicU64] {
-        (**self).payload_words(index)
-    }
-    fn release_batch(&self) -> u64 {
-        (**self).release_batch()
-    }
-    #[inline(always)]
-    fn prepare_write(&self, index: usize) {
-        (**self).prepare_write(index)
-    }
-    type Local<'a>
-        = S::Local<'a>
-    where
-        Self: 'a;
-    #[inline(always)]
-    fn local(&self) -> Self::Local<'_> {
-        (**self).local()
-    }
-}
+forward_slot_storage!(&S);
+forward_slot_storage!(std::sync::Arc<S>);
 
 /// Slots in a mapped segment's lane (see `crate::layout`): slot `i`'s tag word (little-endian:
 /// the stamp in bytes 0..4, the length in bytes 4..8) at `tags + i * tag_stride`, its payload

@@ -105,6 +105,26 @@ pub fn arg(key: &str) -> String {
         .unwrap_or_else(|_| panic!("child argument {key} missing"))
 }
 
+/// A receiving child's report (`RESULT received=.. errors=.. disconnected=..`, read by
+/// [`Finished::num`]) and its exit code: 0 when nothing was wrong and the topic closed.
+pub fn report_received(received: u64, errors: u64, disconnected: bool) -> i32 {
+    say(&format!(
+        "RESULT received={received} errors={errors} disconnected={}",
+        disconnected as u8
+    ));
+    i32::from(errors != 0 || !disconnected)
+}
+
+/// A bus over the transport `spec` (as `shmbus::transport::parse` reads it), its segment or
+/// socket names under `prefix`.
+pub fn bus_over(spec: &str, prefix: &str) -> shmbus::Bus {
+    shmbus::Bus::builder()
+        .prefix(prefix)
+        .transport_boxed(shmbus::transport::parse(spec).expect("a valid spec"))
+        .build()
+        .expect("a bus")
+}
+
 /// The bus a child works on: the parent's, from the `prefix` argument (and `dir`, if given).
 pub fn child_bus() -> shmbus::Bus {
     shmbus::Bus::builder()
