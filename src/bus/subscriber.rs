@@ -1172,12 +1172,18 @@ impl<T: ?Sized + InPlace> RingSubscriber<T> {
 }
 
 impl<T: bytemuck::Pod> RingSubscriber<T> {
+    /// Whether the batch's fast path serves this subscriber: Block or Fail, one lane.
+    #[inline(always)]
+    fn runs(&self) -> bool {
+        self.copy.is_none() && self.more.is_empty()
+    }
+
     /// The batch's fast path (Block or Fail, one lane): messages of `T` handed to `read` in
     /// place, up to `max`; `None` when it does not apply or found nothing (the caller then goes
     /// the general way, which reports what stopped the run).
     #[inline(always)]
     fn read_run(&mut self, max: usize, read: &mut impl FnMut(&T)) -> Option<usize> {
-        if self.copy.is_some() || !self.more.is_empty() {
+        if !self.runs() {
             return None;
         }
         let (got, freed) = self.reader.read_run(max, size_of::<T>() as u32, |ptr| {
@@ -1734,7 +1740,13 @@ impl<T: bytemuck::Pod> Subscriber<T> {
                 None => return Ok(0),
             }
         }
-        Ok(1 + self.try_recv_many(max - 1, read)?)
+        // The rest, if the first did not find the ring empty: on a ring's fast path one look
+        // (the empty path, `try_recv`'s, is for the next call: a subscriber that keeps pace
+        // with its publisher finds the ring empty after most first messages).
+        match &mut self.imp {
+            SubImp::Ring(s) if s.runs() => Ok(1 + s.read_run(max - 1, &mut read).unwrap_or(0)),
+            _ => Ok(1 + self.try_recv_many(max - 1, read)?),
+        }
     }
 
     /// The general way: a `try_recv` a message while `got < max`.

@@ -391,10 +391,9 @@ impl<S: SlotStorage> Writer<S> {
         // SAFETY: valid for the writer's life (constructor's contract); dereferenced here so
         // that the fields below are borrowed apart.
         let words = unsafe { &*self.words };
-        let storage = self.storage.local();
+        let storage = &self.storage;
         let mut tail = Cursor::new(&mut self.tail);
-        let end = tail.value.wrapping_add(n as u64);
-        while tail.value != end {
+        for _ in 0..n {
             let index = (tail.value & mask) as usize;
             storage.with_payload_mut(index, &mut fill);
             // Release: as in `commit`.
@@ -653,20 +652,11 @@ impl<S: SlotStorage> Reader<S> {
         // SAFETY: valid for the reader's life (constructor's contract); dereferenced here so
         // that the fields below are borrowed apart.
         let entry = unsafe { &*self.entry };
-        let storage = self.storage.local();
+        let storage = &self.storage;
         let mut head = Cursor::new(&mut self.head);
         let mut published = Cursor::new(&mut self.published);
-        let start = head.value;
-        // Wrapping: a `max` beyond any sequence number is as good as none.
-        let end = start.wrapping_add(max as u64);
-        // Where the next release batch is due (as `maybe_publish` reckons it: a batch after
-        // the last one; after the next message, had that passed).
-        let mut due = published.value.wrapping_add(batch);
-        if (due.wrapping_sub(start) as i64) <= 0 {
-            due = start.wrapping_add(1);
-        }
-        let mut freed = false;
-        while head.value != end {
+        let (mut n, mut freed) = (0, false);
+        while n < max {
             let index = (head.value & mask) as usize;
             // Acquire: pairs with the writer's Release store of the tag in `commit`. One
             // comparison checks the stamp and the length together.
@@ -684,9 +674,9 @@ impl<S: SlotStorage> Reader<S> {
             }
             storage.with_payload(index, &mut read);
             head.value = head.value.wrapping_add(1);
-            if head.value == due {
+            n += 1;
+            if head.value.wrapping_sub(published.value) >= batch {
                 published.value = head.value;
-                due = head.value.wrapping_add(batch);
                 // Release: as in `publish`.
                 entry
                     .head
@@ -694,7 +684,7 @@ impl<S: SlotStorage> Reader<S> {
                 freed = true;
             }
         }
-        (head.value.wrapping_sub(start) as usize, freed)
+        (n, freed)
     }
 
     /// Overwrite: copy message `head` into `dst` (at least `slot_size` rounded up to words)
@@ -1080,6 +1070,7 @@ mod tests {
         w.storage().tag(i).store(tag(0, 9), Ordering::Relaxed);
         assert_eq!(r.peek(), Peek::BadLength { seq: 0, len: 9 });
     }
+
     /// Runs: a reader's run gives slots back a release batch at a time and, finding the ring
     /// empty, all of them; it stops at a message of another length and leaves it for `peek`;
     /// a writer's run takes the room there is.

@@ -33,67 +33,36 @@ pub unsafe trait SlotStorage {
     /// first (which holds the tag, and which readers poll) for writing. Nothing by default.
     #[inline(always)]
     fn prepare_write(&self, _index: usize) {}
-
-    /// What locates the slots, as a value a loop keeps in registers: a mapped lane's pointers
-    /// and strides, copied (read through `&self` in a loop whose callback writes through a
-    /// raw pointer, the compiler loads them again on every step); a reference where there is
-    /// nothing worth copying.
-    type Local<'a>: SlotStorage
-    where
-        Self: 'a;
-    /// See [`SlotStorage::Local`].
-    fn local(&self) -> Self::Local<'_>;
 }
 
-/// `SlotStorage` for a pointer to storage (`&S`, `Arc<S>`): every call forwarded to `S`.
-macro_rules! forward_slot_storage {
-    ($pointer:ty) => {
-        // SAFETY: forwards to `S`, whose guarantees hold through a shared pointer to it.
-        unsafe impl<S: SlotStorage> SlotStorage for $pointer {
-            #[inline(always)]
-            fn capacity(&self) -> u64 {
-                (**self).capacity()
-            }
-            #[inline(always)]
-            fn slot_size(&self) -> u32 {
-                (**self).slot_size()
-            }
-            #[inline(always)]
-            fn tag(&self, index: usize) -> &AtomicU64 {
-                (**self).tag(index)
-            }
-            #[inline(always)]
-            fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
-                (**self).with_payload(index, f)
-            }
-            #[inline(always)]
-            fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
-                (**self).with_payload_mut(index, f)
-            }
-            fn payload_words(&self, index: usize) -> &[AtomicU64] {
-                (**self).payload_words(index)
-            }
-            fn release_batch(&self) -> u64 {
-                (**self).release_batch()
-            }
-            #[inline(always)]
-            fn prepare_write(&self, index: usize) {
-                (**self).prepare_write(index)
-            }
-            type Local<'b>
-                = S::Local<'b>
-            where
-                Self: 'b;
-            #[inline(always)]
-            fn local(&self) -> Self::Local<'_> {
-                (**self).local()
-            }
-        }
-    };
+// SAFETY: forwards to `S`, whose guarantees hold through a shared pointer.
+unsafe impl<S: SlotStorage> SlotStorage for std::sync::Arc<S> {
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn slot_size(&self) -> u32 {
+        (**self).slot_size()
+    }
+    fn tag(&self, index: usize) -> &AtomicU64 {
+        (**self).tag(index)
+    }
+    fn with_payload<R>(&self, index: usize, f: impl FnOnce(*const u8) -> R) -> R {
+        (**self).with_payload(index, f)
+    }
+    fn with_payload_mut<R>(&self, index: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+        (**self).with_payload_mut(index, f)
+    }
+    fn payload_words(&self, index: usize) -> &[AtomicU64] {
+        (**self).payload_words(index)
+    }
+    fn release_batch(&self) -> u64 {
+        (**self).release_batch()
+    }
+    #[inline(always)]
+    fn prepare_write(&self, index: usize) {
+        (**self).prepare_write(index)
+    }
 }
-
-forward_slot_storage!(&S);
-forward_slot_storage!(std::sync::Arc<S>);
 
 /// Slots in a mapped segment's lane (see `crate::layout`): slot `i`'s tag word (little-endian:
 /// the stamp in bytes 0..4, the length in bytes 4..8) at `tags + i * tag_stride`, its payload
@@ -101,7 +70,7 @@ forward_slot_storage!(std::sync::Arc<S>);
 /// stride, `payloads` the lane's start plus the payload offset. Tags apart: `payloads` is the
 /// lane's start, `tags` the tag array after the slots, `tag_stride` 8.
 #[cfg(not(shmbus_loom))]
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MappedSlots {
     tags: std::ptr::NonNull<u8>,
     /// Distance between tags: 8 (apart) or the slot stride (inline).
@@ -167,15 +136,6 @@ impl MappedSlots {
 // `capacity` payloads of `slot_size` bytes, none overlapping another or a tag.
 #[cfg(not(shmbus_loom))]
 unsafe impl SlotStorage for MappedSlots {
-    type Local<'a> = MappedSlots;
-
-    /// A copy: the same lane, located by the same pointers (valid while the mapping is, which
-    /// outlives the loop the copy serves).
-    #[inline(always)]
-    fn local(&self) -> MappedSlots {
-        self.clone()
-    }
-
     #[inline(always)]
     fn capacity(&self) -> u64 {
         self.capacity
@@ -308,12 +268,6 @@ unsafe impl Send for HeapSlots {}
 
 // SAFETY: every index below `capacity` has a tag and an 8-aligned 8-byte payload.
 unsafe impl SlotStorage for HeapSlots {
-    type Local<'a> = &'a HeapSlots;
-
-    fn local(&self) -> &HeapSlots {
-        self
-    }
-
     fn capacity(&self) -> u64 {
         self.tags.len() as u64
     }
