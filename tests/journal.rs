@@ -6,10 +6,8 @@
 
 mod common;
 
-use common::bus_over as bus;
-
 use common::msg::{message, Msg};
-use common::{arg, arg_or, arg_u64, exit_child, say, ChildProc, CHILD_STALL};
+use common::{arg, arg_or, arg_u64, bus_over as bus, exit_child, say, ChildProc, CHILD_STALL};
 use shmbus::journal::{Pace, RecordError, Recorder, ReplayError, Replayer};
 use shmbus::layout::TypeFingerprint;
 use shmbus::{OpenError, RecvError};

@@ -10,9 +10,7 @@
 
 mod common;
 
-use common::bus_over as bus;
-
-use common::{arg, arg_u64, exit_child, say, ChildProc, CHILD_STALL};
+use common::{arg, arg_u64, bus_over as bus, exit_child, say, ChildProc, CHILD_STALL};
 use shmbus::transport::{ListenError, Tcp};
 use shmbus::{Bus, CreateError, OpenError, RecvError};
 use std::collections::HashSet;
