@@ -25,7 +25,7 @@ const PARENT_POLL: Duration = Duration::from_secs(1);
 /// The streams spin on both sides: one at a time on a two-core machine.
 static HEAVY: Mutex<()> = Mutex::new(());
 
-/// The batch sizes a side cycles through: 1, a prime, a ring's quarter, more than a ring.
+/// The batch sizes a side cycles through: 1, two primes, a ring's quarter, more than a ring.
 const SIZES: [usize; 5] = [1, 7, 97, 256, 5000];
 
 #[test]
