@@ -53,11 +53,16 @@ impl WaitCell {
     /// syscall only when a waiter sleeps.
     #[inline]
     pub fn notify<P: Park>(&self, park: &P) {
-        // Relaxed: a stale 0 is covered by the barrier the sleeper issued when it raised it.
-        if self.may_sleep.load(Ordering::Relaxed) == 0 {
-            return;
+        if self.may_sleep() {
+            self.notify_sleepy(park);
         }
-        self.notify_sleepy(park);
+    }
+
+    /// Whether a waiter may sleep on this cell: the one load `notify` makes when none may.
+    #[inline(always)]
+    fn may_sleep(&self) -> bool {
+        // Relaxed: a stale 0 is covered by the barrier the sleeper issued when it raised it.
+        self.may_sleep.load(Ordering::Relaxed) != 0
     }
 
     /// [`WaitCell::notify`], with a parker built only when a waiter may sleep: a publisher's
@@ -65,11 +70,9 @@ impl WaitCell {
     /// ~60 instructions of a publish (callgrind, one process, 8-byte messages).
     #[inline(always)]
     pub fn notify_with<P: Park>(&self, park: impl FnOnce() -> P) {
-        // Relaxed: as in `notify`.
-        if self.may_sleep.load(Ordering::Relaxed) == 0 {
-            return;
+        if self.may_sleep() {
+            self.notify_sleepy(&park());
         }
-        self.notify_sleepy(&park());
     }
 
     #[inline]
