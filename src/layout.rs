@@ -57,7 +57,7 @@ pub const MAX_ALIGN: u32 = 4096;
 pub const SLOT_HEADER_SIZE: u32 = 8;
 /// `slot_layout` of a lane whose slots start with their tags.
 pub const SLOTS_INLINE: u32 = 0;
-/// `slot_layout` of a lane whose tags lie apart, in an array before the payloads.
+/// `slot_layout` of a lane whose tags lie apart, in an array after the payloads.
 pub const SLOTS_SPLIT: u32 = 1;
 /// Alignment of a split lane's tag array, and of its end (at least): two lines, so that the
 /// adjacent-line prefetcher pairs no tag line with a payload line.

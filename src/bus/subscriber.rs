@@ -706,6 +706,15 @@ impl<T: ?Sized> RingSubscriber<T> {
         }
     }
 
+    /// While spinning for the next message (Block and Fail): fetch its payload's line beside
+    /// the tag's (see `SlotStorage::prepare_read`), in the lane whose turn it is.
+    #[inline(always)]
+    fn prepare_read(&self) {
+        if self.copy.is_none() {
+            self.lane_reader(self.turn).prepare_read();
+        }
+    }
+
     /// Look for the next message without waiting: in each lane once, from `turn` on.
     #[inline]
     fn poll(&mut self) -> Result<Option<Ready>, RecvError> {
@@ -848,6 +857,7 @@ impl<T: ?Sized> RingSubscriber<T> {
             _ => INLINE_SPINS,
         };
         for _ in 1..spins {
+            self.prepare_read();
             spin_hint();
             if let Some(ready) = self.poll_ready() {
                 return Some(ready);
@@ -1054,6 +1064,7 @@ impl<T: ?Sized> RingSubscriber<T> {
             if i == spins {
                 return Ok(Spun::Exhausted);
             }
+            self.prepare_read();
             spin_hint();
         }
     }

@@ -373,9 +373,8 @@ impl<S: SlotStorage> Writer<S> {
     /// Block: write up to `max` messages of `len` bytes (`len <= slot_size`), as many as
     /// there is room for, without waiting: for each, `fill` writes the slot's payload through
     /// the pointer it is given (valid for `slot_size` bytes during the call), and the message
-    /// is committed as [`Writer::commit`] does, but for the prefetch of the next slot, made
-    /// once after the last. The readers are scanned only when the ring looked full. Returns
-    /// how many were written.
+    /// is committed as [`Writer::commit`] does. The readers are scanned only when the ring
+    /// looked full. Returns how many were written.
     ///
     /// A `fill` that panics leaves its slot unpublished and the messages before it sent.
     #[inline(always)]
@@ -406,9 +405,6 @@ impl<S: SlotStorage> Writer<S> {
             words.tail.store(tail.value, Ordering::Release);
         }
         drop(tail);
-        if n > 0 {
-            self.storage.prepare_write((self.tail & self.mask) as usize);
-        }
         n
     }
 
@@ -429,7 +425,6 @@ impl<S: SlotStorage> Writer<S> {
         // Release: a joiner or a lapped reader that starts from this tail finds the slots
         // before it written (it checks their stamps anyway).
         self.words().tail.store(self.tail, Ordering::Release);
-        self.storage.prepare_write((self.tail & self.mask) as usize);
     }
 }
 
@@ -604,6 +599,13 @@ impl<S: SlotStorage> Reader<S> {
         let stamp = self.storage.tag(index).load(Ordering::Acquire) as u32;
         let ahead = stamp.wrapping_sub(stamp_for(self.head)) as i32;
         ahead >= 0 || (ahead != -((self.mask + 1) as i32) && stamp != 0)
+    }
+
+    /// A hint, for a reader about to spin on its head's tag: fetch the slot's payload line
+    /// meanwhile (see [`SlotStorage::prepare_read`]).
+    #[inline(always)]
+    pub fn prepare_read(&self) {
+        self.storage.prepare_read((self.head & self.mask) as usize);
     }
 
     /// Look at slot `head` (Block: a `Ready` slot may be read in place until
