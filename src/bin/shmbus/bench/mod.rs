@@ -42,6 +42,9 @@ Cases (each measured beside its limit, interleaved in short blocks):
   shm-poll-8B, shm-poll-64B      round trip, polling             limit raw-cacheline
   shm-poll-{1,4,64}KiB-write8    1, 4, 64 KiB slots, 8 bytes     limit raw-cacheline
                                  written: latency against payload size (beside shm-poll-64B)
+  raw-message-64B                a 64-byte message each way with its tag on a line apart: the
+                                 least a 64-byte round trip over two topics moves (beside
+                                 shm-poll-64B)
   shm-fanout-{1,2,4,8}-64B       round trip with 1-8 subscribers limit raw-cacheline
                                  of the ping (in one process: the answer after the last)
   raw-two-lines                  a bare ping on one line, the answer on another: the least
@@ -256,6 +259,7 @@ const SERIES: &[(&str, usize, bool)] = &[
     ("raw-cacheline", 8, true),
     ("raw-two-lines", 8, true),
     ("raw-ring-lines", 8, true),
+    ("raw-message-64B", 64, true),
     ("shm-futex-64B", 64, false),
     ("shm-futex-nospin-64B", 64, false),
     ("raw-futex", 4, false),
@@ -292,11 +296,13 @@ const LATENCY_GROUPS: &[(&str, &[&str])] = &[
         ],
     ),
     // Latency against payload size: 8 bytes written in place into ever larger slots.
+    // raw-message-64B: a 64-byte message and its tag each way, what shm-poll-64B moves at least.
     (
         "Polling: 8 bytes written into slots of 64 B to 64 KiB",
         &[
             "shm-poll-64B",
             "raw-cacheline",
+            "raw-message-64B",
             "shm-poll-1KiB-write8",
             "shm-poll-4KiB-write8",
             "shm-poll-64KiB-write8",
@@ -427,6 +433,7 @@ fn start_latency(name: &'static str, ctx: &Ctx) -> Result<Box<dyn RoundTrip>> {
         "raw-cacheline" | "raw-two-lines" | "raw-ring-lines" => {
             Box::new(raw::CacheLine::start(ctx, name)?)
         }
+        "raw-message-64B" => Box::new(raw::RawMessage::start(ctx)?),
         "raw-futex" => Box::new(raw::Futex::start(ctx)?),
         _ => bail!("unknown latency case {name}"),
     })
@@ -491,6 +498,7 @@ pub fn peer_main(args: PeerArgs) -> Result<()> {
         "raw-cacheline" | "raw-two-lines" | "raw-ring-lines" => {
             raw::cacheline_peer(&mut ctl, fd(0)?, case)
         }
+        "raw-message-64B" => raw::message_peer(&mut ctl, fd(0)?),
         "raw-futex" => raw::futex_peer(&mut ctl, fd(0)?),
         "raw-ring-8B" => raw::raw_ring_peer::<1>(&mut ctl, fd(0)?),
         "raw-ring-64B" => raw::raw_ring_peer::<8>(&mut ctl, fd(0)?),

@@ -5,6 +5,8 @@
 //! - `raw-cacheline`: one counter on one cache line, bounced between the processes by
 //!   spinning (the parent stores an odd value, the child answers with the next even one). No
 //!   polling round trip can beat one cache line crossing twice.
+//! - `raw-message-64B`: a 64-byte message each way, each with a tag on a line apart, as a
+//!   ring must place a whole line's message: what a 64-byte round trip over two topics moves.
 //! - `raw-futex`: a bare futex ping-pong on one shared word. Both sides always wake and
 //!   sleep, without the private flag, so each round trip is two wake-ups through the kernel:
 //!   the floor for a blocking round trip.
@@ -225,6 +227,131 @@ pub fn cacheline_peer(ctl: &mut Control, fd: RawFd, case: &str) -> Result<()> {
             // Release pairs with the parent's Acquire load of the answer.
             answer.store(value + 2, Ordering::Release);
             value += 2;
+        }
+        ctl.reply("done")?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// raw-message-64B
+
+/// Slots each way in `raw-message-64B`, as in the ping-pong topics.
+const MESSAGE_SLOTS: usize = 16;
+/// Words in a message of `raw-message-64B`.
+const MESSAGE_WORDS: usize = 8;
+/// Where each direction's slots start: 2 KiB apart, the parent's first.
+const MESSAGE_DIRECTION: usize = 2048;
+/// Where a direction's tags start, after its slots (one 8-byte tag a slot, two lines of them).
+const MESSAGE_TAGS: usize = MESSAGE_SLOTS * MESSAGE_WORDS * 8;
+
+/// The least code that carries a 64-byte message each way over shared memory and knows when
+/// it has come (`raw-message-64B`): in each direction 16 slots of a line each and, apart, a
+/// tag a slot (as a ring of 64-byte messages places them: a whole message cannot share its
+/// line with its tag). The sender writes the eight words, then the tag (Release); the receiver
+/// spins on the tag, fetching the slot's line meanwhile (`prefetcht0`: the best of the
+/// layouts tried, see `ring::storage`'s `prepare_read`), then reads the eight words. Any
+/// 64-byte round trip over two topics moves at least this.
+pub struct RawMessage {
+    region: Region,
+    peer: Peer,
+    /// Round trips done: message `i` goes out with the number `2 i + 1` and comes back as
+    /// `2 i + 2`.
+    done: u64,
+}
+
+impl RawMessage {
+    /// Starts the child and waits for it.
+    pub fn start(ctx: &Ctx) -> Result<RawMessage> {
+        let (region, peer) = start_with_region(ctx, "raw-message-64B", PAGE)?;
+        Ok(RawMessage {
+            region,
+            peer,
+            done: 0,
+        })
+    }
+}
+
+/// Sends `number` as message `i` in `direction` (0: the parent's, 1: the child's).
+fn send_message(region: &Region, direction: usize, i: u64, number: u64) {
+    let base = direction * MESSAGE_DIRECTION;
+    let slot = i as usize % MESSAGE_SLOTS;
+    for w in 0..MESSAGE_WORDS {
+        region
+            .u64_at(base + (slot * MESSAGE_WORDS + w) * 8)
+            .store(number, Ordering::Relaxed);
+    }
+    // Release pairs with the receiver's Acquire load of the tag: the words before it.
+    region
+        .u64_at(base + MESSAGE_TAGS + slot * 8)
+        .store(number, Ordering::Release);
+}
+
+/// Waits for message `i` in `direction`, which must carry `number` in all its words.
+fn receive_message(region: &Region, direction: usize, i: u64, number: u64) -> Result<()> {
+    let base = direction * MESSAGE_DIRECTION;
+    let slot = i as usize % MESSAGE_SLOTS;
+    let words = base + slot * MESSAGE_WORDS * 8;
+    let tag = region.u64_at(base + MESSAGE_TAGS + slot * 8);
+    // Acquire pairs with the sender's Release store of the tag.
+    while tag.load(Ordering::Acquire) != number {
+        prefetch(region.ptr_at(words));
+        spin_loop();
+    }
+    let mut torn = false;
+    for w in 0..MESSAGE_WORDS {
+        torn |= region.u64_at(words + w * 8).load(Ordering::Relaxed) != number;
+    }
+    if torn {
+        bail!("raw-message-64B: message {i} was torn");
+    }
+    Ok(())
+}
+
+/// Fetches the line at `p` for reading, without waiting for it.
+#[inline(always)]
+fn prefetch(p: *mut u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and reads or writes nothing.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+impl RoundTrip for RawMessage {
+    fn block(&mut self, warm: u64, n: u64, hist: &mut Histogram<u64>) -> Result<()> {
+        self.peer.run(warm + n)?;
+        let region = &self.region;
+        let mut i = self.done;
+        timed_round_trips(warm, n, hist, |_| {
+            send_message(region, 0, i, 2 * i + 1);
+            receive_message(region, 1, i, 2 * i + 2)?;
+            i += 1;
+            Ok(())
+        })?;
+        self.done = i;
+        self.peer.expect("done")?;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.peer.finish()
+    }
+}
+
+/// The child side of `raw-message-64B`: answers message `2 i + 1` with `2 i + 2`.
+pub fn message_peer(ctl: &mut Control, fd: RawFd) -> Result<()> {
+    let region = Region::inherit(fd, PAGE)?;
+    ctl.reply("ready")?;
+    let mut i = 0u64;
+    while let Some(n) = ctl.next_run()? {
+        for _ in 0..n {
+            receive_message(&region, 0, i, 2 * i + 1)?;
+            send_message(&region, 1, i, 2 * i + 2);
+            i += 1;
         }
         ctl.reply("done")?;
     }
