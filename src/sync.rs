@@ -59,6 +59,14 @@ mod std_atomics {
                     self.0.fetch_sub(v, order)
                 }
                 #[inline(always)]
+                pub fn fetch_or(&self, v: $int, order: Ordering) -> $int {
+                    self.0.fetch_or(v, order)
+                }
+                #[inline(always)]
+                pub fn fetch_and(&self, v: $int, order: Ordering) -> $int {
+                    self.0.fetch_and(v, order)
+                }
+                #[inline(always)]
                 pub fn compare_exchange(
                     &self,
                     current: $int,

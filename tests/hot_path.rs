@@ -254,6 +254,88 @@ fn an_awake_futex_subscriber_costs_the_publisher_no_wake() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A subscriber killed asleep.
+
+/// Open topic `t` with the default strategy (spin, then sleep on the futex), say OPEN, and wait
+/// for a message that never comes: asleep until killed.
+fn child_sleep_on_empty() -> ! {
+    let bus = Bus::builder()
+        .prefix(&common::arg("prefix"))
+        .build()
+        .unwrap();
+    let mut subscriber = bus
+        .subscriber::<Tick>("t")
+        .wait(WaitStrategy::default())
+        .open()
+        .unwrap();
+    say("OPEN");
+    let _ = subscriber.recv();
+    exit_child(1)
+}
+
+#[test]
+fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evicted() {
+    const CAPACITY: u64 = 16;
+    let _serial = lock(&SERIAL);
+    let prefix = common::unique_prefix("killed-asleep");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let mut publisher = bus
+        .publisher::<Tick>("t")
+        .capacity(CAPACITY)
+        .wait(WaitStrategy::Spin)
+        .create()
+        .unwrap();
+    let mut child = ChildProc::spawn("sleep-on-empty", &[("prefix", &prefix)]);
+    child.wait_for_line("OPEN");
+    // Until it sleeps: its entry marked asleep, the topic's wait cell counting it.
+    let deadline = std::time::Instant::now() + common::CHILD_STALL;
+    loop {
+        let info = bus.topic_info("t").unwrap();
+        if info.sleepers == 1 && info.subscribers.iter().all(|s| s.asleep) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscriber never slept: {info:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill();
+    assert!(!child.finish().status.success());
+    let info = bus.topic_info("t").unwrap();
+    assert_eq!(info.sleepers, 1, "killed asleep, still counted: {info:?}");
+
+    // A wake syscall a message for the dead sleeper, until the ring is full.
+    let before = shmbus::wait::stats();
+    for seq in 0..CAPACITY {
+        publisher.try_send(tick(seq)).expect("a free slot");
+    }
+    let woken = shmbus::wait::stats().futex_wakes - before.futex_wakes;
+    assert_eq!(woken, CAPACITY, "one wake-up a message while it is counted");
+
+    // Full: the publisher finds it dead, evicts it and takes it off the wait cell.
+    publisher
+        .send_timeout(tick(CAPACITY), common::CHILD_STALL)
+        .expect("room once the dead subscriber is evicted");
+    let info = bus.topic_info("t").unwrap();
+    assert_eq!(
+        (info.evictions, info.sleepers, info.subscribers.len()),
+        (1, 0, 0),
+        "{info:?}"
+    );
+    let before = shmbus::wait::stats();
+    for seq in CAPACITY + 1..CAPACITY + 1 + ITERATIONS {
+        publisher.try_send(tick(seq)).expect("a free slot");
+    }
+    assert_eq!(
+        shmbus::wait::stats(),
+        before,
+        "no wait-layer syscall once it is evicted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // In a child process, under strace: no syscall at all between two markers.
 
 /// Marker paths: `faccessat` on them fails with ENOENT and shows in strace with the path.
@@ -267,6 +349,7 @@ fn child_entry() {
     };
     match role.as_str() {
         "poll-loop" => child_poll_loop(),
+        "sleep-on-empty" => child_sleep_on_empty(),
         other => panic!("unknown child role {other}"),
     }
 }

@@ -128,9 +128,25 @@ impl Ring {
     /// free, waiting (yielding) while the eviction is under way. `None` if a live reader holds
     /// it.
     pub fn take_over(&self, index: usize, dead: u64, owner: u64) -> Option<Rx> {
+        self.take_over_forgetting(index, dead, owner, |_| {})
+    }
+
+    /// [`Ring::take_over`], handing the wait marks that `dead` left to `forget` when it takes
+    /// the entry over from it (the bus then takes them off the topic's wait cell).
+    pub fn take_over_forgetting(
+        &self,
+        index: usize,
+        dead: u64,
+        owner: u64,
+        forget: impl Fn(u32),
+    ) -> Option<Rx> {
         let entry = &self.shared.entries[index];
         loop {
-            if entry.take_over(dead, owner) || entry.try_take(owner) {
+            if let Some(marks) = entry.take_over(dead, owner) {
+                forget(marks);
+                break;
+            }
+            if entry.try_take(owner) {
                 break;
             }
             if evictor_of(entry.owner()).is_none() {

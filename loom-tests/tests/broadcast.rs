@@ -7,8 +7,10 @@
 #![cfg(shmbus_loom)]
 
 use loom::thread;
-use shmbus::ring::broadcast::evicting;
+use shmbus::ring::broadcast::{evicting, WAITS_ASLEEP, WAITS_MAY_SLEEP};
+use shmbus::wait::WaitCell;
 use shmbus_loom_tests::{value_of, Mode, Ring};
+use std::sync::Arc;
 
 /// The smallest ring: every message after the second reuses a slot.
 const CAPACITY: usize = 2;
@@ -205,7 +207,7 @@ fn an_eviction_never_unregisters_the_reader_that_took_the_entry_over() {
         drop(dead);
         let evictor = thread::spawn({
             let ring = ring.clone();
-            move || ring.entry(0).evict(1, WRITER)
+            move || ring.entry(0).evict(1, WRITER).is_some()
         });
         let newcomer = ring.take_over(0, 1, 2);
         let evicted = evictor.join().unwrap();
@@ -215,6 +217,55 @@ fn an_eviction_never_unregisters_the_reader_that_took_the_entry_over() {
             ring.entry(0).head().is_some(),
             "the newcomer's head was cleared (evicted: {evicted})"
         );
+        drop(newcomer);
+    });
+}
+
+/// A subscriber with a sleeping strategy died asleep: the topic's wait cell still counts it in
+/// `may_sleep` and in `sleepers`, and its entry's marks say so. A writer evicts it while a new
+/// reader takes its entry over and then counts and marks itself (the bus's `evict_dead`
+/// against `claim_entry`, then the newcomer's attach and sleep). Whatever the interleaving,
+/// the dead reader's counts come off exactly once, and the newcomer's never: a count taken
+/// off twice would let a notifier skip the wake-up a live sleeper needs. (It fails with the
+/// evictor taking the marks after it frees the entry: tried.)
+#[test]
+fn a_dead_sleepers_counts_come_off_once_and_a_newcomers_never() {
+    loom::model(|| {
+        let ring = Ring::new(CAPACITY, 1);
+        let cell = Arc::new(WaitCell::new());
+        let dead = ring.join(0, 0); // owner 1
+        cell.raise_may_sleep();
+        ring.entry(0).mark_waits(WAITS_MAY_SLEEP);
+        cell.enter();
+        ring.entry(0).mark_waits(WAITS_ASLEEP);
+        drop(dead);
+        let forget = |cell: &WaitCell, marks: u32| {
+            cell.forget(marks & WAITS_ASLEEP != 0, marks & WAITS_MAY_SLEEP != 0)
+        };
+        let evictor = thread::spawn({
+            let (ring, cell) = (ring.clone(), cell.clone());
+            move || {
+                if let Some(marks) = ring.entry(0).evict(1, WRITER) {
+                    forget(&cell, marks);
+                }
+            }
+        });
+        let newcomer = ring
+            .take_over_forgetting(0, 1, 2, |marks| forget(&cell, marks))
+            .expect("the entry was the dead one's or free");
+        // The newcomer attaches with a sleeping strategy and goes to sleep: each count raised,
+        // then marked.
+        cell.raise_may_sleep();
+        ring.entry(0).mark_waits(WAITS_MAY_SLEEP);
+        cell.enter();
+        ring.entry(0).mark_waits(WAITS_ASLEEP);
+        evictor.join().unwrap();
+        assert_eq!(
+            (cell.sleepers(), cell.may_sleep_count()),
+            (1, 1),
+            "the newcomer alone is counted"
+        );
+        assert_eq!(ring.entry(0).waits(), WAITS_ASLEEP | WAITS_MAY_SLEEP);
         drop(newcomer);
     });
 }
@@ -233,7 +284,7 @@ fn an_eviction_left_by_a_dead_writer_is_finished_without_unregistering_a_newcome
         ring.entry(0).set_owner(left); // the dead writer's first store, not its second
         let next_writer = thread::spawn({
             let ring = ring.clone();
-            move || ring.entry(0).evict(left, WRITER)
+            move || ring.entry(0).evict(left, WRITER).is_some()
         });
         let newcomer = ring.take_over(0, left, 2);
         let finished = next_writer.join().unwrap();

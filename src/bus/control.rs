@@ -11,7 +11,9 @@
 //! others), so that each publisher sees every subscriber's position in its own ring, and
 //! notify slot `i`, where it registers a notifier other than the futex (`crate::wait::Notifier`).
 
-use crate::ring::broadcast::{evictor_of, ReaderEntry, Table, WriterWords};
+use crate::ring::broadcast::{
+    evictor_of, ReaderEntry, Table, WriterWords, WAITS_ASLEEP, WAITS_MAY_SLEEP,
+};
 use crate::segment::{identity_alive, identity_pid};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::wait::{NotifySlot, WaitCell};
@@ -156,11 +158,18 @@ impl Peers {
     }
 }
 
+/// Take off `data` (the topic's data wait cell) what a dead subscriber's entry says it still
+/// counted for there (its wait marks, as `ReaderEntry::evict` and `take_over` hand them back).
+pub(crate) fn forget_waits(data: &WaitCell, marks: u32) {
+    data.forget(marks & WAITS_ASLEEP != 0, marks & WAITS_MAY_SLEEP != 0);
+}
+
 /// Take a free entry of `table` (lane 0's) for identity `me` (`segment::my_identity`), or one
 /// whose holder is dead (its pid gone, or reused by a process that started later), or one
-/// whose eviction was left unfinished by a dead writer. Returns its index, or the pids of the
+/// whose eviction was left unfinished by a dead writer; what a dead holder still counted for
+/// in `data` (the topic's data wait cell) is taken off. Returns its index, or the pids of the
 /// holders when every entry is held by a live process.
-pub(crate) fn claim_entry(table: &Table, me: u64) -> Result<usize, Vec<u32>> {
+pub(crate) fn claim_entry(table: &Table, data: &WaitCell, me: u64) -> Result<usize, Vec<u32>> {
     let entries = table.entries();
     for (i, e) in entries.iter().enumerate() {
         if e.try_take(me) {
@@ -181,8 +190,11 @@ pub(crate) fn claim_entry(table: &Table, me: u64) -> Result<usize, Vec<u32>> {
             Some(evictor) => !identity_alive(evictor),
             None => !identity_alive(holder),
         };
-        if gone && e.take_over(holder, me) {
-            return Ok(i);
+        if gone {
+            if let Some(marks) = e.take_over(holder, me) {
+                forget_waits(data, marks);
+                return Ok(i);
+            }
         }
         holders.push(identity_pid(evictor_of(holder).unwrap_or(holder)));
     }
@@ -214,8 +226,9 @@ fn settled_owner(e: &ReaderEntry) -> u64 {
 /// 0's table: whoever holds it here is a former holder of the index (dead: a live one frees
 /// its other lanes before lane 0), or a writer evicting one. Waits for a live writer's
 /// eviction (see [`settled_owner`]); takes over from anyone else, a dead writer's unfinished
-/// eviction included. Returns whether the entry is `me`'s.
-pub(crate) fn claim_mirror(e: &ReaderEntry, me: u64) -> bool {
+/// eviction included (what the former holder counted for in `data` taken off, though a
+/// subscriber marks only its lane-0 entry). Returns whether the entry is `me`'s.
+pub(crate) fn claim_mirror(e: &ReaderEntry, data: &WaitCell, me: u64) -> bool {
     let holder = settled_owner(e);
     if holder == me {
         return true;
@@ -224,11 +237,19 @@ pub(crate) fn claim_mirror(e: &ReaderEntry, me: u64) -> bool {
         Some(evictor) => !identity_alive(evictor),
         None => true,
     };
-    gone && (if holder == 0 {
-        e.try_take(me)
-    } else {
-        e.take_over(holder, me)
-    })
+    if !gone {
+        return false;
+    }
+    if holder == 0 {
+        return e.try_take(me);
+    }
+    match e.take_over(holder, me) {
+        Some(marks) => {
+            forget_waits(data, marks);
+            true
+        }
+        None => false,
+    }
 }
 
 /// How many times a claimant yields for an eviction under way before it counts the entry as
@@ -237,25 +258,27 @@ const EVICTION_PATIENCE: u32 = 1000;
 
 /// Evict the dead subscribers of `table` (a publisher's own lane) that hold it back: those
 /// registered at a head at least `min_lag` behind `tail`; and finish the evictions a dead
-/// writer of this lane before `me` left half-done. Returns how many it evicted. Makes system
-/// calls (the liveness checks): for a publisher that found its ring full.
-pub(crate) fn evict_dead(table: &Table, tail: u64, min_lag: u64, me: u64) -> u64 {
+/// writer of this lane before `me` left half-done; what each counted for in `data` (the
+/// topic's data wait cell: a subscriber killed asleep, or attached with a sleeping strategy)
+/// is taken off. Returns how many it evicted. Makes system calls (the liveness checks): for a
+/// publisher that found its ring full.
+pub(crate) fn evict_dead(table: &Table, data: &WaitCell, tail: u64, min_lag: u64, me: u64) -> u64 {
     let mut evicted = 0;
     for e in table.entries() {
         let holder = e.owner();
         if holder == 0 {
             continue;
         }
-        if let Some(evictor) = evictor_of(holder) {
+        let dead = match evictor_of(holder) {
             // Only this lane's writer evicts in its table, and this writer is not evicting
             // now: the marker is a dead predecessor's.
-            if !identity_alive(evictor) && e.evict(holder, me) {
-                evicted += 1;
-            }
-            continue;
-        }
-        let Some(head) = e.head() else { continue };
-        if tail.wrapping_sub(head) >= min_lag && !identity_alive(holder) && e.evict(holder, me) {
+            Some(evictor) => !identity_alive(evictor),
+            None => e
+                .head()
+                .is_some_and(|head| tail.wrapping_sub(head) >= min_lag && !identity_alive(holder)),
+        };
+        if let Some(marks) = dead.then(|| e.evict(holder, me)).flatten() {
+            forget_waits(data, marks);
             evicted += 1;
         }
     }
@@ -310,7 +333,7 @@ mod tests {
         let me = my_identity();
         let (_w, entries, _r, table) = table_with_stale_head(2, evicting(dead_identity()));
         assert!(entries[0].head().is_some());
-        assert_eq!(evict_dead(&table, 0, u64::MAX, me), 1);
+        assert_eq!(evict_dead(&table, &WaitCell::new(), 0, u64::MAX, me), 1);
         assert_eq!((entries[0].owner(), entries[0].head()), (0, None));
     }
 
@@ -319,29 +342,92 @@ mod tests {
         let me = my_identity();
         // Another writer of this process (alive) is evicting entry 0.
         let (_w, entries, _r, table) = table_with_stale_head(1, evicting(me));
-        assert_eq!(evict_dead(&table, 0, u64::MAX, me), 0);
+        assert_eq!(evict_dead(&table, &WaitCell::new(), 0, u64::MAX, me), 0);
         assert_eq!(entries[0].owner(), evicting(me));
         // A joiner waits for it a while, then counts the entry as held by that writer.
-        assert_eq!(claim_entry(&table, 7), Err(vec![std::process::id()]));
-        assert!(!claim_mirror(&entries[0], 7));
+        assert_eq!(
+            claim_entry(&table, &WaitCell::new(), 7),
+            Err(vec![std::process::id()])
+        );
+        assert!(!claim_mirror(&entries[0], &WaitCell::new(), 7));
     }
 
     #[test]
     fn a_joiner_takes_an_entry_whose_evicting_writer_died() {
         let (_w, entries, _r, table) = table_with_stale_head(1, evicting(dead_identity()));
-        assert_eq!(claim_entry(&table, 7), Ok(0));
+        assert_eq!(claim_entry(&table, &WaitCell::new(), 7), Ok(0));
         assert_eq!(entries[0].owner(), 7);
         let (_w, entries, _r, _table) = table_with_stale_head(1, evicting(dead_identity()));
-        assert!(claim_mirror(&entries[0], 7));
+        assert!(claim_mirror(&entries[0], &WaitCell::new(), 7));
         assert_eq!(entries[0].owner(), 7);
     }
 
     #[test]
     fn a_mirror_entry_is_taken_from_a_former_holder_or_free() {
         let (_w, entries, _r, _table) = table_with_stale_head(2, dead_identity());
-        assert!(claim_mirror(&entries[0], 7));
-        assert!(claim_mirror(&entries[1], 7));
-        assert!(claim_mirror(&entries[1], 7), "already ours");
+        assert!(claim_mirror(&entries[0], &WaitCell::new(), 7));
+        assert!(claim_mirror(&entries[1], &WaitCell::new(), 7));
+        assert!(
+            claim_mirror(&entries[1], &WaitCell::new(), 7),
+            "already ours"
+        );
         assert_eq!((entries[0].owner(), entries[1].owner()), (7, 7));
+    }
+
+    /// A cell as a subscriber with a sleeping strategy leaves it when killed asleep: counted
+    /// in `may_sleep` and in `sleepers`, its entry marked for both.
+    fn cell_of_a_sleeper_killed_in(entry: &ReaderEntry) -> WaitCell {
+        let cell = WaitCell::new();
+        cell.raise_may_sleep();
+        entry.mark_waits(WAITS_MAY_SLEEP);
+        cell.enter();
+        entry.mark_waits(WAITS_ASLEEP);
+        cell
+    }
+
+    #[test]
+    fn evicting_a_subscriber_killed_asleep_takes_it_off_the_wait_cell() {
+        let me = my_identity();
+        let (_w, entries, _r, table) = table_with_stale_head(2, dead_identity());
+        let cell = cell_of_a_sleeper_killed_in(&entries[0]);
+        // Another subscriber, alive and asleep, stays counted.
+        cell.raise_may_sleep();
+        cell.enter();
+        assert_eq!((cell.sleepers(), cell.may_sleep_count()), (2, 2));
+        assert_eq!(evict_dead(&table, &cell, 0, 0, me), 1);
+        assert_eq!((cell.sleepers(), cell.may_sleep_count()), (1, 1));
+        assert_eq!(entries[0].waits(), 0);
+        // Nothing is taken off twice.
+        assert_eq!(evict_dead(&table, &cell, 0, 0, me), 0);
+        assert_eq!((cell.sleepers(), cell.may_sleep_count()), (1, 1));
+    }
+
+    #[test]
+    fn a_joiner_taking_a_dead_sleepers_entry_takes_it_off_the_wait_cell() {
+        let (_w, entries, _r, table) = table_with_stale_head(1, dead_identity());
+        let cell = cell_of_a_sleeper_killed_in(&entries[0]);
+        assert_eq!(claim_entry(&table, &cell, 7), Ok(0));
+        assert_eq!((cell.sleepers(), cell.may_sleep_count()), (0, 0));
+        assert_eq!(entries[0].waits(), 0, "the joiner starts unmarked");
+    }
+
+    #[test]
+    fn marks_found_on_a_free_entry_are_cleared_and_never_lower_a_count() {
+        let entries: Box<[_]> = (0..1)
+            .map(|_| CachePadded::new(ReaderEntry::new()))
+            .collect();
+        // SAFETY: `entries` outlives the table.
+        let table = unsafe { Table::new(entries.as_ptr(), 1) };
+        // Marks no holder set (a hostile peer's), on a free entry.
+        entries[0].mark_waits(WAITS_ASLEEP | WAITS_MAY_SLEEP);
+        let cell = WaitCell::new();
+        cell.enter();
+        assert_eq!(claim_entry(&table, &cell, 7), Ok(0));
+        assert_eq!(entries[0].waits(), 0);
+        assert_eq!(cell.sleepers(), 1, "a live sleeper's count is left alone");
+        // And a count at zero stays there, whatever the marks say.
+        let empty = WaitCell::new();
+        forget_waits(&empty, WAITS_ASLEEP | WAITS_MAY_SLEEP);
+        assert_eq!((empty.sleepers(), empty.may_sleep_count()), (0, 0));
     }
 }

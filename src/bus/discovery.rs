@@ -38,6 +38,12 @@ pub struct TopicInfo {
     /// Subscribers its publishers evicted because their process had died while they held the
     /// ring back (Block).
     pub evictions: u64,
+    /// Subscribers counted as asleep in a blocking wait (or about to sleep): while it is above
+    /// zero, every message costs its publisher a wake syscall. More than the subscribers
+    /// marked [`SubscriberInfo::asleep`] means subscribers killed asleep that nobody has
+    /// taken off yet (a Block publisher does when it evicts them; a subscriber that takes
+    /// over one's entry does too).
+    pub sleepers: u32,
 }
 
 /// One subscriber of a topic.
@@ -54,6 +60,9 @@ pub struct SubscriberInfo {
     pub lag: u64,
     /// Messages it lost (Overwrite).
     pub lost: u64,
+    /// Whether it is asleep in a blocking wait for a message (or about to sleep, or polling
+    /// its notifier's descriptor after `Subscriber::arm`).
+    pub asleep: bool,
 }
 
 impl Bus {
@@ -126,6 +135,7 @@ impl Bus {
                     next_seq,
                     lag,
                     lost,
+                    asleep: first.waits() & crate::ring::broadcast::WAITS_ASLEEP != 0,
                 })
             })
             .collect();
@@ -153,6 +163,7 @@ impl Bus {
             published,
             subscribers,
             evictions,
+            sleepers: control.data.sleepers(),
         })
     }
 }

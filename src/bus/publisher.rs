@@ -584,6 +584,7 @@ impl Inner {
     fn evict_dead(&mut self) {
         let evicted = super::control::evict_dead(
             self.writer.table(),
+            &self.control().data,
             self.writer.next_seq(),
             self.capacity / 2,
             segment::my_identity(),

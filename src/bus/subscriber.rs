@@ -11,11 +11,11 @@ use crate::layout::{
     Geometry, HeaderValues, LayoutError, Policy, TopicShape, HEADER_SIZE, MAX_LANES, MAX_READERS,
     MAX_SEGMENT_SIZE,
 };
-use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready};
+use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready, WAITS_ASLEEP, WAITS_MAY_SLEEP};
 use crate::ring::{MappedSlots, SlotStorage};
 use crate::segment::{identity_alive, identity_pid, Segment, SegmentError};
-use crate::sync::{spin_hint, Ordering};
-use crate::wait::{self, Notifier, NotifySlot, NotifyWaiter, WaitStrategy};
+use crate::sync::{spin_hint, AtomicU32, Ordering};
+use crate::wait::{self, Notifier, NotifySlot, NotifyWaiter, Park, WaitStrategy};
 use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -192,10 +192,12 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
                 notifier: self.notifier,
                 source,
             })?;
-        let index = claim_entry(&table, me).map_err(|pids| OpenError::TooManySubscribers {
-            topic: self.topic.clone(),
-            max: shape.max_readers,
-            pids,
+        let index = claim_entry(&table, &control.data, me).map_err(|pids| {
+            OpenError::TooManySubscribers {
+                topic: self.topic.clone(),
+                max: shape.max_readers,
+                pids,
+            }
         })?;
         let entry = |k: u32| -> &ReaderEntry {
             // SAFETY: as above.
@@ -210,7 +212,7 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
             // SAFETY: the lane's words, its entry `index` and its slots are in the mapping,
             // which the subscriber keeps; entry `index` is ours in every lane once taken (in
             // lane 0's table by `claim_entry`, in the others by `claim_mirror`).
-            let joined = (k == 0 || claim_mirror(entry(k), me))
+            let joined = (k == 0 || claim_mirror(entry(k), &control.data, me))
                 .then(|| unsafe {
                     Reader::join(&*lane(k).writer, entry(k), open.slots(k), self.history)
                 })
@@ -263,6 +265,10 @@ impl<'b, T: ?Sized + Payload> SubscriberBuilder<'b, T> {
         }
         let may_sleep = self.wait.may_sleep() || notify.is_some();
         let barrier_ok = may_sleep && wait::announce_sleeper(&control.data);
+        if may_sleep {
+            // After the count it stands for (see `ReaderEntry::waits`).
+            reader.entry().mark_waits(WAITS_MAY_SLEEP);
+        }
         Ok(RingSubscriber {
             reader,
             more,
@@ -605,6 +611,7 @@ impl<T: ?Sized> RingSubscriber<T> {
         waiter.arm(self.notify_slot());
         let control = self.control();
         control.data.enter();
+        self.reader.entry().mark_waits(WAITS_ASLEEP);
         // Acquire (inside `has_news`/the load): as in `recv_deadline`'s wait.
         if self.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0 {
             self.disarm();
@@ -615,6 +622,7 @@ impl<T: ?Sized> RingSubscriber<T> {
 
     /// Undo `arm`, and take the posts that came.
     fn disarm(&mut self) {
+        self.reader.entry().unmark_waits(WAITS_ASLEEP);
         self.control().data.leave();
         self.notify_slot().disarm();
         if let Some(waiter) = &self.notify {
@@ -942,17 +950,15 @@ impl<T: ?Sized> RingSubscriber<T> {
                 this.has_news() || control.peers.publishers.load(Ordering::Acquire) == 0
             };
             let (until, barrier_ok) = (Some(until), this.barrier_ok);
+            let entry = this.reader.entry();
             let arrived = match &this.notify {
-                None => wait::wait_until(
-                    wait,
-                    &control.data,
-                    &this.parks.data,
-                    barrier_ok,
-                    until,
-                    ready,
-                ),
+                None => {
+                    let park = Marked::new(&this.parks.data, entry);
+                    wait::wait_until(wait, &control.data, &park, barrier_ok, until, ready)
+                }
                 Some(waiter) => {
-                    let park = waiter.park(this.notify_slot());
+                    let own = waiter.park(this.notify_slot());
+                    let park = Marked::new(&own, entry);
                     wait::wait_until(wait, &control.data, &park, barrier_ok, until, ready)
                 }
             };
@@ -1276,17 +1282,55 @@ impl<T: ?Sized> Drop for RingSubscriber<T> {
         // Lane 0's entry last: while it is held, no other subscriber takes this index in the
         // other lanes.
         let me = crate::segment::my_identity();
+        let control = self.control();
+        // Before the entry is free: its marks must never be found on a joiner's entry.
+        if self.may_sleep {
+            self.reader.entry().unmark_waits(WAITS_MAY_SLEEP);
+            control.data.lower_may_sleep();
+        }
         for reader in self.more.iter() {
             reader.leave_entry(me);
         }
         self.reader.leave_entry(me);
-        let control = self.control();
         control.space.notify(&self.parks.space);
         if self.notify.is_some() {
             self.notify_slot().unregister(me);
         }
-        if self.may_sleep {
-            control.data.lower_may_sleep();
+    }
+}
+
+/// A subscriber's [`Park`] that marks its entry while it counts among the data cell's
+/// `sleepers` (see `ReaderEntry::waits`), so that if it is killed asleep whoever frees the
+/// entry takes it off, and its publisher stops paying a wake syscall per message.
+struct Marked<'a, P> {
+    park: &'a P,
+    entry: &'a ReaderEntry,
+}
+
+impl<'a, P: Park> Marked<'a, P> {
+    fn new(park: &'a P, entry: &'a ReaderEntry) -> Self {
+        Self { park, entry }
+    }
+}
+
+impl<P: Park> Park for Marked<'_, P> {
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+        self.park.park(word, expected, deadline)
+    }
+    fn wake_all(&self, word: &AtomicU32) {
+        self.park.wake_all(word)
+    }
+    fn prepare(&self) {
+        self.park.prepare()
+    }
+    fn finish(&self) {
+        self.park.finish()
+    }
+    fn counted(&self, asleep: bool) {
+        if asleep {
+            self.entry.mark_waits(WAITS_ASLEEP);
+        } else {
+            self.entry.unmark_waits(WAITS_ASLEEP);
         }
     }
 }

@@ -46,7 +46,7 @@
 //! on open. No index is ever derived from a shared word without a mask.
 
 use super::{stamp_for, tag, SlotStorage};
-use crate::sync::{fence, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Attempts a joiner makes before it gives up on a writer whose floor moves every time (see
@@ -108,7 +108,19 @@ pub struct ReaderEntry {
     head: AtomicU64,
     /// Messages this reader lost (Overwrite).
     lost: AtomicU64,
+    /// What the holder counts for in its topic's wait cell, so that whoever frees the entry of
+    /// a holder that died can take it off: [`WAITS_MAY_SLEEP`] while it has raised the cell's
+    /// `may_sleep`, [`WAITS_ASLEEP`] while it is one of its `sleepers`. Each bit is set after
+    /// the count it stands for is raised, and cleared before that count is lowered: a holder
+    /// killed in between leaves a count raised and no bit (a wake-up too many, never one
+    /// too few).
+    waits: AtomicU32,
 }
+
+/// A bit of [`ReaderEntry`]'s wait marks: the holder has raised its wait cell's `may_sleep`.
+pub const WAITS_MAY_SLEEP: u32 = 1;
+/// A bit of [`ReaderEntry`]'s wait marks: the holder is counted in its wait cell's `sleepers`.
+pub const WAITS_ASLEEP: u32 = 2;
 
 impl ReaderEntry {
     /// A free entry (heap use; zeroed shared memory is the same state).
@@ -116,19 +128,44 @@ impl ReaderEntry {
         Self::default()
     }
 
-    /// Take this entry for `owner` (a non-zero id) if it is free.
+    /// Take this entry for `owner` (a non-zero id) if it is free. A free entry carries no wait
+    /// marks (see [`ReaderEntry::evict`]); any found are cleared, never acted on.
     pub fn try_take(&self, owner: u64) -> bool {
         debug_assert_ne!(owner, 0);
-        self.owner
+        let taken = self
+            .owner
             .compare_exchange(0, owner, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.waits.store(0, Ordering::Relaxed);
+        }
+        taken
     }
 
-    /// Take this entry from `dead`, a holder known to be gone, for `owner`.
-    pub fn take_over(&self, dead: u64, owner: u64) -> bool {
+    /// Take this entry from `dead`, a holder known to be gone, for `owner`. Returns the wait
+    /// marks `dead` left (see [`ReaderEntry::waits`]: counts the taker must lower for it), or
+    /// `None` if the entry was not `dead`'s.
+    pub fn take_over(&self, dead: u64, owner: u64) -> Option<u32> {
         self.owner
             .compare_exchange(dead, owner, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+            .ok()?;
+        Some(self.waits.swap(0, Ordering::AcqRel))
+    }
+
+    /// Set wait marks (`WAITS_*` bits) for the holder: after raising the counts they stand
+    /// for. Only the holder calls this.
+    pub fn mark_waits(&self, bits: u32) {
+        self.waits.fetch_or(bits, Ordering::Release);
+    }
+
+    /// Clear wait marks for the holder: before lowering the counts they stand for.
+    pub fn unmark_waits(&self, bits: u32) {
+        self.waits.fetch_and(!bits, Ordering::Release);
+    }
+
+    /// The holder's wait marks, as last written (for inspection and tests).
+    pub fn waits(&self) -> u32 {
+        self.waits.load(Ordering::Acquire)
     }
 
     /// Mark the entry held by `owner`, unconditionally: for the entries that mirror, in other
@@ -149,18 +186,21 @@ impl ReaderEntry {
     /// entry or a dead holder's) cannot register a head that the eviction then clears. `dead`
     /// may itself be an eviction marker whose writer is known to be gone: this finishes that
     /// eviction.
-    pub fn evict(&self, dead: u64, evictor: u64) -> bool {
-        if dead == 0
-            || self
-                .owner
-                .compare_exchange(dead, evicting(evictor), Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
-            return false;
+    ///
+    /// Returns the wait marks the dead holder left (counts the evictor must lower for it:
+    /// see [`ReaderEntry::waits`]), taken while the entry is still marked as being evicted,
+    /// so that they are never a joiner's; `None` if it did not evict.
+    pub fn evict(&self, dead: u64, evictor: u64) -> Option<u32> {
+        if dead == 0 {
+            return None;
         }
+        self.owner
+            .compare_exchange(dead, evicting(evictor), Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        let waits = self.waits.swap(0, Ordering::AcqRel);
         self.head.store(0, Ordering::Release);
         self.owner.store(0, Ordering::Release);
-        true
+        Some(waits)
     }
 
     /// The reader's next sequence number, if it is registered.
@@ -563,8 +603,9 @@ impl<S: SlotStorage> Reader<S> {
         })
     }
 
+    /// This reader's entry in the table.
     #[inline(always)]
-    fn entry(&self) -> &ReaderEntry {
+    pub fn entry(&self) -> &ReaderEntry {
         // SAFETY: valid for our life (constructor's contract).
         unsafe { &*self.entry }
     }

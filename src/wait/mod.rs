@@ -90,6 +90,11 @@ pub trait Park {
     /// Called by a waiter once it stops waiting (woken, timed out, or ready at its re-check).
     /// Nothing by default.
     fn finish(&self) {}
+    /// Called by a waiter right after it raised `sleepers` (`true`) and right before it lowers
+    /// it (`false`): where a party records, in memory that outlives it, that it is counted, so
+    /// that whoever finds it dead can take it off (a subscriber's entry: see
+    /// `ring::broadcast::ReaderEntry::waits`). Nothing by default.
+    fn counted(&self, _asleep: bool) {}
 }
 
 /// How a blocking call waits for the other side.

@@ -6,8 +6,8 @@
 //!
 //! | word        | written by | meaning |
 //! |-------------|------------|---------|
-//! | `may_sleep` | a party that attaches with a sleeping strategy (+1), and detaches (-1) | whether the notifier must run the slow check at all |
-//! | `sleepers`  | a waiter, around each sleep (+1 before, -1 after) | someone is asleep or about to be |
+//! | `may_sleep` | a party that attaches with a sleeping strategy (+1), and detaches (-1); whoever frees a dead subscriber's entry (-1) | whether the notifier must run the slow check at all |
+//! | `sleepers`  | a waiter, around each sleep (+1 before, -1 after); whoever frees a dead subscriber's entry (-1, if it died asleep) | someone is asleep or about to be |
 //! | `epoch`     | the notifier, when it wakes (+1) | the futex word; a change means "look again" |
 //!
 //! The invariant that rules out lost wake-ups is Dekker's: the notifier makes its progress
@@ -123,6 +123,32 @@ impl WaitCell {
         self.sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Take off what a party found dead still counts for here: one of the `sleepers` (it died
+    /// asleep) and one of `may_sleep` (it died attached with a sleeping strategy), as its
+    /// marks say (see `ring::broadcast::ReaderEntry::waits`). Without this its notifier
+    /// would pay the fence, and the wake syscall, on every message for as long as the topic
+    /// lives. Never lowers a count below zero, whatever a peer wrote there.
+    pub fn forget(&self, asleep: bool, may_sleep: bool) {
+        if asleep {
+            let _ = self
+                .sleepers
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        if may_sleep {
+            self.lower_may_sleep();
+        }
+    }
+
+    /// How many waiters are counted as asleep, or about to be (for inspection and tests).
+    pub fn sleepers(&self) -> u32 {
+        self.sleepers.load(Ordering::Relaxed)
+    }
+
+    /// How many parties with a sleeping strategy are attached (for inspection and tests).
+    pub fn may_sleep_count(&self) -> u32 {
+        self.may_sleep.load(Ordering::Relaxed)
+    }
+
     /// Sleep until `ready()` holds or `deadline` passes; returns whether `ready()` held.
     /// `ready` must read the progress with Acquire. The caller has raised `may_sleep`.
     pub fn wait<P: Park>(
@@ -138,14 +164,17 @@ impl WaitCell {
             // `notifier.rs`).
             park.prepare();
             self.sleepers.fetch_add(1, Ordering::Relaxed);
+            park.counted(true);
             // SeqCst fence: pairs with the one in `notify_sleepy` (see the module comment).
             fence(Ordering::SeqCst);
             if ready() {
+                park.counted(false);
                 self.sleepers.fetch_sub(1, Ordering::Relaxed);
                 park.finish();
                 return true;
             }
             park.park(&self.epoch, epoch, deadline);
+            park.counted(false);
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
             park.finish();
             if ready() {
