@@ -115,6 +115,9 @@ fn list_and_inspect_describe_a_live_topic_and_its_processes() {
     assert_eq!(inspected["topic"], "feed");
     assert_eq!(inspected["subscribers"].as_array().unwrap().len(), 1);
     assert!(inspected["subscribers"][0]["lag"].is_u64());
+    // This subscriber has never waited: not asleep, and nobody counted as a sleeper.
+    assert_eq!(inspected["subscribers"][0]["asleep"], false);
+    assert_eq!(inspected["sleepers"], 0);
 
     // The tables people read: a header line and the topic.
     let table = stdout_of(&["list", "--prefix", &prefix]);
@@ -128,6 +131,8 @@ fn list_and_inspect_describe_a_live_topic_and_its_processes() {
         text.contains(&format!("pid {:<8} alive", feeder.0.id())),
         "{text}"
     );
+    assert!(text.contains("sleepers   0\n"), "{text}");
+    assert!(text.trim_end().ends_with("awake"), "{text}");
 }
 
 #[test]

@@ -131,12 +131,14 @@ fn topic_json(info: &TopicInfo) -> Value {
         })).collect::<Vec<_>>(),
         "published": info.published,
         "evictions": info.evictions,
+        "sleepers": info.sleepers,
         "subscribers": info.subscribers.iter().map(|s| json!({
             "pid": s.pid,
             "alive": alive(s.pid),
             "next_seq": s.next_seq,
             "lag": s.lag,
             "lost": s.lost,
+            "asleep": s.asleep,
         })).collect::<Vec<_>>(),
     })
 }
@@ -245,6 +247,9 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     )?;
     writeln!(out, "published  {}", info.published)?;
     writeln!(out, "evictions  {}", info.evictions)?;
+    // Above the subscribers marked asleep: some were killed asleep and are still counted, so
+    // every message costs the publisher a wake syscall until they are evicted.
+    writeln!(out, "sleepers   {}", info.sleepers)?;
     writeln!(
         out,
         "publishers {} of {}",
@@ -263,19 +268,20 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     if !info.subscribers.is_empty() {
         writeln!(
             out,
-            "  {:<12} {:<6} {:>12} {:>10} {:>10}",
+            "  {:<12} {:<6} {:>12} {:>10} {:>10}  WAIT",
             "PID", "STATE", "NEXT SEQ", "LAG", "LOST"
         )?;
     }
     for s in &info.subscribers {
         writeln!(
             out,
-            "  {:<12} {:<6} {:>12} {:>10} {:>10}",
+            "  {:<12} {:<6} {:>12} {:>10} {:>10}  {}",
             s.pid,
             yes_no(alive(s.pid)),
             s.next_seq,
             s.lag,
-            s.lost
+            s.lost,
+            if s.asleep { "asleep" } else { "awake" }
         )?;
     }
     Ok(())
