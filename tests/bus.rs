@@ -504,6 +504,59 @@ fn three_publisher_processes_reach_two_subscriber_processes_each_in_its_order() 
 }
 
 #[test]
+fn a_killed_subscriber_of_a_fail_topic_is_evicted_and_its_publisher_sends_again() {
+    const CAPACITY: u64 = 16;
+    let prefix = common::unique_prefix("dead-fail-subscriber");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let mut publisher = bus
+        .publisher::<Msg>("t")
+        .capacity(CAPACITY)
+        .policy(Policy::Fail)
+        .create()
+        .unwrap();
+    let mut doomed = ChildProc::spawn(
+        "subscribe-then-hang",
+        &[("prefix", &prefix), ("topic", "t"), ("count", "1")],
+    );
+    doomed.wait_for_line("OPEN");
+    publisher.send(message(0)).unwrap();
+    doomed.wait_for_line("READY");
+    let mut seq = 1;
+    while publisher.send(message(seq)).is_ok() {
+        seq += 1;
+    }
+    doomed.kill();
+    assert!(!doomed.finish().status.success());
+    // Full for a dead subscriber: `try_send` only says so; `send` says so too, at once, until
+    // the ring has been full for a while, then finds the subscriber dead and evicts it.
+    assert!(matches!(
+        publisher.try_send(message(seq)),
+        Err(shmbus::TrySendError::Full(_))
+    ));
+    let deadline = Instant::now() + CHILD_STALL;
+    while let Err(refused) = publisher.send(message(seq)) {
+        assert!(
+            matches!(refused, shmbus::TrySendError::Full(_)),
+            "{refused:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "still full after {CHILD_STALL:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    seq += 1;
+    let info = bus.topic_info("t").unwrap();
+    assert_eq!((info.evictions, info.subscribers.len()), (1, 0), "{info:?}");
+    // And nothing holds it back any more.
+    for _ in 0..4 * CAPACITY {
+        publisher.send(message(seq)).unwrap();
+        seq += 1;
+    }
+}
+
+#[test]
 fn a_killed_subscriber_is_evicted_and_its_publisher_goes_on() {
     const CAPACITY: u64 = 64;
     let prefix = common::unique_prefix("dead-subscriber");

@@ -422,6 +422,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     parks,
                     notify_slots: notify_slots as *const [NotifySlot],
                     wakers,
+                    full_since: None,
                 },
                 segment,
             }),
@@ -499,6 +500,9 @@ struct Inner {
     notify_slots: *const [NotifySlot],
     /// What this publisher keeps to post to armed notifiers.
     wakers: RefCell<Wakers>,
+    /// Fail: when a blocking call first found the ring full, and the sequence number it was
+    /// at then (see `fail_full`).
+    full_since: Option<(Instant, u64)>,
 }
 
 impl Inner {
@@ -551,7 +555,7 @@ impl Inner {
             return Err(LoanError::Truncated);
         }
         if self.policy == Policy::Fail {
-            return Err(LoanError::Full);
+            return self.fail_full();
         }
         // SAFETY: the control block outlives this call (see `control`); borrowing it through the
         // raw pointer leaves `self.writer` free for the closure.
@@ -577,6 +581,33 @@ impl Inner {
             }
             self.evict_dead();
         }
+    }
+
+    /// Fail, the ring full: the message goes back at once. But once the ring has stayed full
+    /// (no message sent) for [`LIVENESS_CHECK`], this first evicts the subscribers that hold
+    /// it if their process is dead (a few system calls, what a Block publisher makes after
+    /// each such slice of waiting) and looks again: a killed subscriber must not keep a Fail
+    /// topic full for as long as it lives. Only the calls that may wait come here (`send`,
+    /// `loan`, their timeout forms); `try_*` never make the system calls.
+    #[cold]
+    fn fail_full(&mut self) -> Result<*mut u8, LoanError> {
+        let now = Instant::now();
+        let at = self.writer.next_seq();
+        match self.full_since {
+            Some((since, seq)) if seq == at => {
+                if now.saturating_duration_since(since) < LIVENESS_CHECK {
+                    return Err(LoanError::Full);
+                }
+                self.evict_dead();
+                if let Some(ptr) = self.try_claim() {
+                    self.full_since = None;
+                    return Ok(ptr);
+                }
+                self.full_since = Some((now, at));
+            }
+            _ => self.full_since = Some((now, at)),
+        }
+        Err(LoanError::Full)
     }
 
     /// Evict this lane's dead subscribers that lag by half the ring or more.
