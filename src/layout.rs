@@ -702,7 +702,9 @@ pub enum Policy {
     /// copies, validated against the publisher's overwriting (a seqlock).
     Overwrite = 2,
     /// As `Block`, but no call of the publisher waits: `send` and `loan` return the message or
-    /// an error at once when the ring is full for any subscriber.
+    /// an error at once when the ring is full for any subscriber. A subscriber whose process
+    /// died is evicted by `send` and `loan` once they have found the ring full for 10 ms with
+    /// nothing sent (a few system calls then; the `try_*` forms never make them).
     Fail = 3,
 }
 
