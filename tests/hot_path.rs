@@ -273,22 +273,11 @@ fn child_sleep_on_empty() -> ! {
     exit_child(1)
 }
 
-#[test]
-fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evicted() {
-    const CAPACITY: u64 = 16;
-    let _serial = lock(&SERIAL);
-    let prefix = common::unique_prefix("killed-asleep");
-    let _cleanup = Cleanup::new(&prefix);
-    let bus = Bus::builder().prefix(&prefix).build().unwrap();
-    let mut publisher = bus
-        .publisher::<Tick>("t")
-        .capacity(CAPACITY)
-        .wait(WaitStrategy::Spin)
-        .create()
-        .unwrap();
-    let mut child = ChildProc::spawn("sleep-on-empty", &[("prefix", &prefix)]);
+/// Starts a subscriber of `t` in a child process, waits until it sleeps (its entry marked
+/// asleep, the topic counting one sleeper), and kills it.
+fn kill_a_sleeping_subscriber(bus: &Bus, prefix: &str) {
+    let mut child = ChildProc::spawn("sleep-on-empty", &[("prefix", prefix)]);
     child.wait_for_line("OPEN");
-    // Until it sleeps: its entry marked asleep, the topic's wait cell counting it.
     let deadline = std::time::Instant::now() + common::CHILD_STALL;
     loop {
         let info = bus.topic_info("t").unwrap();
@@ -305,6 +294,42 @@ fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evic
     assert!(!child.finish().status.success());
     let info = bus.topic_info("t").unwrap();
     assert_eq!(info.sleepers, 1, "killed asleep, still counted: {info:?}");
+}
+
+/// After the dead sleeper is gone: evicted once, nobody counted asleep, and no wait-layer
+/// syscall in `ITERATIONS` more messages.
+fn assert_gone_and_free(bus: &Bus, publisher: &mut shmbus::Publisher<Tick>, from: u64) {
+    let info = bus.topic_info("t").unwrap();
+    assert_eq!(
+        (info.evictions, info.sleepers, info.subscribers.len()),
+        (1, 0, 0),
+        "{info:?}"
+    );
+    let before = shmbus::wait::stats();
+    for seq in from..from + ITERATIONS {
+        publisher.try_send(tick(seq)).expect("a free slot");
+    }
+    assert_eq!(
+        shmbus::wait::stats(),
+        before,
+        "no wait-layer syscall once it is evicted"
+    );
+}
+
+#[test]
+fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evicted() {
+    const CAPACITY: u64 = 16;
+    let _serial = lock(&SERIAL);
+    let prefix = common::unique_prefix("killed-asleep");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let mut publisher = bus
+        .publisher::<Tick>("t")
+        .capacity(CAPACITY)
+        .wait(WaitStrategy::Spin)
+        .create()
+        .unwrap();
+    kill_a_sleeping_subscriber(&bus, &prefix);
 
     // A wake syscall a message for the dead sleeper, until the ring is full.
     let before = shmbus::wait::stats();
@@ -318,21 +343,36 @@ fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evic
     publisher
         .send_timeout(tick(CAPACITY), common::CHILD_STALL)
         .expect("room once the dead subscriber is evicted");
-    let info = bus.topic_info("t").unwrap();
-    assert_eq!(
-        (info.evictions, info.sleepers, info.subscribers.len()),
-        (1, 0, 0),
-        "{info:?}"
-    );
+    assert_gone_and_free(&bus, &mut publisher, CAPACITY + 1);
+}
+
+#[test]
+fn under_overwrite_a_subscriber_killed_asleep_costs_at_most_a_thousand_wake_ups() {
+    /// The publisher's `REAP_EVERY`: wake-ups between two looks for dead sleepers.
+    const REAP_EVERY: u64 = 1024;
+    let _serial = lock(&SERIAL);
+    let prefix = common::unique_prefix("killed-asleep-overwrite");
+    let _cleanup = Cleanup::new(&prefix);
+    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let mut publisher = bus
+        .publisher::<Tick>("t")
+        .capacity(16)
+        .policy(shmbus::Policy::Overwrite)
+        .create()
+        .unwrap();
+    kill_a_sleeping_subscriber(&bus, &prefix);
+    // Overwrite never waits for it, so nothing fills up: the wake-ups themselves make the
+    // publisher look for subscribers killed asleep.
     let before = shmbus::wait::stats();
-    for seq in CAPACITY + 1..CAPACITY + 1 + ITERATIONS {
-        publisher.try_send(tick(seq)).expect("a free slot");
+    let sent = 3 * REAP_EVERY;
+    for seq in 0..sent {
+        publisher
+            .try_send(tick(seq))
+            .expect("Overwrite always has room");
     }
-    assert_eq!(
-        shmbus::wait::stats(),
-        before,
-        "no wait-layer syscall once it is evicted"
-    );
+    let woken = shmbus::wait::stats().futex_wakes - before.futex_wakes;
+    assert_eq!(woken, REAP_EVERY, "wake-ups until the look that evicts it");
+    assert_gone_and_free(&bus, &mut publisher, sent);
 }
 
 // ---------------------------------------------------------------------------------------------

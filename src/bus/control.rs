@@ -285,6 +285,28 @@ pub(crate) fn evict_dead(table: &Table, data: &WaitCell, tail: u64, min_lag: u64
     evicted
 }
 
+/// Evict the subscribers of `table` (a publisher's own lane) that their marks say died asleep
+/// (see `ReaderEntry::waits`), whatever their position, and take them off `data`. Returns how
+/// many it evicted. Makes system calls (a liveness check per subscriber marked asleep): for a
+/// publisher whose wake-ups go on and on, which they do for a subscriber killed asleep under
+/// any policy (under Overwrite nothing else would ever free it).
+pub(crate) fn evict_dead_sleepers(table: &Table, data: &WaitCell, me: u64) -> u64 {
+    let mut evicted = 0;
+    for e in table.entries() {
+        let holder = e.owner();
+        if holder == 0 || evictor_of(holder).is_some() || e.waits() & WAITS_ASLEEP == 0 {
+            continue;
+        }
+        if !identity_alive(holder) {
+            if let Some(marks) = e.evict(holder, me) {
+                forget_waits(data, marks);
+                evicted += 1;
+            }
+        }
+    }
+    evicted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

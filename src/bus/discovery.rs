@@ -35,8 +35,8 @@ pub struct TopicInfo {
     pub published: u64,
     /// Its attached subscribers.
     pub subscribers: Vec<SubscriberInfo>,
-    /// Subscribers its publishers evicted because their process had died while they held the
-    /// ring back (Block).
+    /// Subscribers its publishers evicted because their process had died: while they held
+    /// the ring back (Block, Fail), or asleep in a blocking wait (any policy).
     pub evictions: u64,
     /// Subscribers counted as asleep in a blocking wait (or about to sleep): while it is above
     /// zero, every message costs its publisher a wake syscall. More than the subscribers

@@ -423,6 +423,7 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     notify_slots: notify_slots as *const [NotifySlot],
                     wakers,
                     full_since: None,
+                    wakes: 0,
                 },
                 segment,
             }),
@@ -468,6 +469,11 @@ impl<'b> PublisherBuilder<'b, [u8]> {
 /// hold it back are alive (a few system calls each).
 pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
 
+/// Wake-ups a publisher makes between two looks for subscribers killed asleep (see
+/// `Inner::woke`): each look is a liveness check per subscriber marked asleep, a thousandth
+/// of the wake syscalls that come before it.
+const REAP_EVERY: u32 = 1024;
+
 /// Subscribers a topic admits at once unless its publisher asks for another number.
 pub const DEFAULT_MAX_SUBSCRIBERS: u32 = 8;
 
@@ -503,6 +509,8 @@ struct Inner {
     /// Fail: when a blocking call first found the ring full, and the sequence number it was
     /// at then (see `fail_full`).
     full_since: Option<(Instant, u64)>,
+    /// Wake-ups made since the last look for subscribers killed asleep (see `woke`).
+    wakes: u32,
 }
 
 impl Inner {
@@ -620,6 +628,11 @@ impl Inner {
             self.capacity / 2,
             segment::my_identity(),
         );
+        self.count_evictions(evicted);
+    }
+
+    /// Add `evicted` to this lane's eviction count (`TopicInfo::evictions`).
+    fn count_evictions(&self, evicted: u64) {
         if evicted > 0 {
             // SAFETY: the lane's owner words are in the mapping, which outlives `Inner`.
             unsafe { &*self.lane }
@@ -639,8 +652,8 @@ impl Inner {
             // writer's until committed, and any bytes are a `T` (`Pod`).
             fill(unsafe { &mut *(ptr as *mut T) })
         });
-        if sent > 0 {
-            self.control().data.notify_with(|| self.waker());
+        if sent > 0 && self.control().data.notify_with(|| self.waker()) {
+            self.woke();
         }
         sent
     }
@@ -651,7 +664,30 @@ impl Inner {
             Some(staging) => self.writer.publish_words(staging.words(), len),
             None => self.writer.commit(len),
         }
-        self.control().data.notify_with(|| self.waker());
+        if self.control().data.notify_with(|| self.waker()) {
+            self.woke();
+        }
+    }
+
+    /// A wake-up was made: a subscriber sleeps, or was killed asleep and still counts as a
+    /// sleeper. Every [`REAP_EVERY`] wake-ups, look for the latter (a liveness check per
+    /// subscriber marked asleep) and evict them: a subscriber killed asleep then costs at
+    /// most that many wake syscalls, under any policy, rather than one a message for as long
+    /// as the topic lives.
+    #[cold]
+    #[inline(never)]
+    fn woke(&mut self) {
+        self.wakes += 1;
+        if self.wakes < REAP_EVERY {
+            return;
+        }
+        self.wakes = 0;
+        let evicted = super::control::evict_dead_sleepers(
+            self.writer.table(),
+            &self.control().data,
+            segment::my_identity(),
+        );
+        self.count_evictions(evicted);
     }
 }
 

@@ -54,7 +54,7 @@ impl WaitCell {
     #[inline]
     pub fn notify<P: Park>(&self, park: &P) {
         if self.may_sleep() {
-            self.notify_sleepy(park);
+            let _ = self.notify_sleepy(park);
         }
     }
 
@@ -68,22 +68,24 @@ impl WaitCell {
     /// [`WaitCell::notify`], with a parker built only when a waiter may sleep: a publisher's
     /// parker gathers several references, and building it for every message cost 8 of the
     /// ~60 instructions of a publish (callgrind, one process, 8-byte messages).
+    /// Returns whether it woke anyone (made the wake call).
     #[inline(always)]
-    pub fn notify_with<P: Park>(&self, park: impl FnOnce() -> P) {
-        if self.may_sleep() {
-            self.notify_sleepy(&park());
-        }
+    pub fn notify_with<P: Park>(&self, park: impl FnOnce() -> P) -> bool {
+        self.may_sleep() && self.notify_sleepy(&park())
     }
 
+    /// Returns whether it woke anyone.
     #[inline]
-    fn notify_sleepy<P: Park>(&self, park: &P) {
+    fn notify_sleepy<P: Park>(&self, park: &P) -> bool {
         // SeqCst fence: pairs with the fence in `wait`, after `sleepers` is raised. Orders our
         // caller's progress store before the load of `sleepers` (store-load: only a full fence
         // does that).
         fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) != 0 {
+        let sleepy = self.sleepers.load(Ordering::Relaxed) != 0;
+        if sleepy {
             self.wake(park);
         }
+        sleepy
     }
 
     #[cold]
