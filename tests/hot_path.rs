@@ -101,9 +101,19 @@ fn tick(seq: u64) -> Tick {
 }
 
 fn bus(test: &str) -> (Bus, Cleanup) {
+    let (bus, cleanup, _) = bus_and_prefix(test);
+    (bus, cleanup)
+}
+
+/// The same, with the bus's prefix, for a child process to open the same bus.
+fn bus_and_prefix(test: &str) -> (Bus, Cleanup, String) {
     let prefix = common::unique_prefix(test);
     let cleanup = Cleanup::new(&prefix);
-    (Bus::builder().prefix(&prefix).build().unwrap(), cleanup)
+    (
+        Bus::builder().prefix(&prefix).build().unwrap(),
+        cleanup,
+        prefix,
+    )
 }
 
 #[test]
@@ -259,11 +269,7 @@ fn an_awake_futex_subscriber_costs_the_publisher_no_wake() {
 /// Open topic `t` with the default strategy (spin, then sleep on the futex), say OPEN, and wait
 /// for a message that never comes: asleep until killed.
 fn child_sleep_on_empty() -> ! {
-    let bus = Bus::builder()
-        .prefix(&common::arg("prefix"))
-        .build()
-        .unwrap();
-    let mut subscriber = bus
+    let mut subscriber = common::child_bus()
         .subscriber::<Tick>("t")
         .wait(WaitStrategy::default())
         .open()
@@ -320,9 +326,7 @@ fn assert_gone_and_free(bus: &Bus, publisher: &mut shmbus::Publisher<Tick>, from
 fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evicted() {
     const CAPACITY: u64 = 16;
     let _serial = lock(&SERIAL);
-    let prefix = common::unique_prefix("killed-asleep");
-    let _cleanup = Cleanup::new(&prefix);
-    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let (bus, _cleanup, prefix) = bus_and_prefix("killed-asleep");
     let mut publisher = bus
         .publisher::<Tick>("t")
         .capacity(CAPACITY)
@@ -347,13 +351,11 @@ fn a_subscriber_killed_asleep_costs_its_publisher_wake_ups_only_until_it_is_evic
 }
 
 #[test]
-fn under_overwrite_a_subscriber_killed_asleep_costs_at_most_a_thousand_wake_ups() {
+fn under_overwrite_a_subscriber_killed_asleep_costs_at_most_1024_wake_ups() {
     /// The publisher's `REAP_EVERY`: wake-ups between two looks for dead sleepers.
     const REAP_EVERY: u64 = 1024;
     let _serial = lock(&SERIAL);
-    let prefix = common::unique_prefix("killed-asleep-overwrite");
-    let _cleanup = Cleanup::new(&prefix);
-    let bus = Bus::builder().prefix(&prefix).build().unwrap();
+    let (bus, _cleanup, prefix) = bus_and_prefix("killed-asleep-overwrite");
     let mut publisher = bus
         .publisher::<Tick>("t")
         .capacity(16)
