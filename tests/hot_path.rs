@@ -377,6 +377,65 @@ fn under_overwrite_a_subscriber_killed_asleep_costs_at_most_1024_wake_ups() {
     assert_gone_and_free(&bus, &mut publisher, sent);
 }
 
+/// Create topic `t` (Block, 16 slots, the default strategy), say CREATED, wait for a
+/// subscriber, then publish until the ring is full: asleep, waiting for room, until killed.
+fn child_publish_until_asleep() -> ! {
+    let mut publisher = common::child_bus()
+        .publisher::<Tick>("t")
+        .capacity(16)
+        .wait(WaitStrategy::default())
+        .create()
+        .unwrap();
+    say("CREATED");
+    assert!(publisher.wait_for_subscribers(1, common::CHILD_STALL));
+    for seq in 0.. {
+        publisher.send(tick(seq)).unwrap();
+    }
+    exit_child(1)
+}
+
+#[test]
+fn a_publisher_killed_asleep_costs_wake_ups_only_until_its_lane_is_taken_over() {
+    let _serial = lock(&SERIAL);
+    let (bus, _cleanup, prefix) = bus_and_prefix("publisher-killed-asleep");
+    let mut child = ChildProc::spawn("publish-until-asleep", &[("prefix", &prefix)]);
+    child.wait_for_line("CREATED");
+    let mut subscriber = bus
+        .subscriber::<Tick>("t")
+        .wait(WaitStrategy::Spin)
+        .open()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::CHILD_STALL;
+    while bus.topic_info("t").unwrap().publisher_sleepers != 1 {
+        assert!(std::time::Instant::now() < deadline, "it never slept");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill();
+    assert!(!child.finish().status.success());
+
+    // Giving slots back wakes the dead publisher, in vain.
+    let before = shmbus::wait::stats();
+    let mut next = 0;
+    while let Some(sample) = subscriber.try_recv().unwrap() {
+        assert_eq!(*sample, tick(next));
+        next += 1;
+    }
+    assert_eq!(next, 16, "a full ring");
+    assert!(shmbus::wait::stats().futex_wakes > before.futex_wakes);
+    assert_eq!(bus.topic_info("t").unwrap().publisher_sleepers, 1);
+
+    // A new publisher takes its lane over, and it off the space cell: no wake-up any more.
+    let mut publisher = bus.publisher::<Tick>("t").attach().unwrap();
+    assert_eq!(bus.topic_info("t").unwrap().publisher_sleepers, 0);
+    let before = shmbus::wait::stats();
+    for seq in next..next + ITERATIONS {
+        publisher.try_send(tick(seq)).expect("a free slot");
+        let sample = subscriber.try_recv().unwrap().expect("a message");
+        assert_eq!(*sample, tick(seq));
+    }
+    assert_eq!(shmbus::wait::stats(), before, "no wait-layer syscall");
+}
+
 // ---------------------------------------------------------------------------------------------
 // In a child process, under strace: no syscall at all between two markers.
 
@@ -392,6 +451,7 @@ fn child_entry() {
     match role.as_str() {
         "poll-loop" => child_poll_loop(),
         "sleep-on-empty" => child_sleep_on_empty(),
+        "publish-until-asleep" => child_publish_until_asleep(),
         other => panic!("unknown child role {other}"),
     }
 }

@@ -16,7 +16,7 @@ use crate::ring::broadcast::{
 };
 use crate::segment::{identity_alive, identity_pid};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::wait::{NotifySlot, WaitCell};
+use crate::wait::{NotifySlot, Park, WaitCell};
 use crossbeam_utils::CachePadded;
 
 /// As it lies in shared memory, followed by the lanes. Its size, with the lanes', is recorded
@@ -48,6 +48,80 @@ pub(crate) struct LaneOwner {
     pub(crate) id: AtomicU64,
     /// Subscribers this lane's publishers evicted because their process was dead.
     pub(crate) evictions: AtomicU64,
+    /// What the lane's publisher counts for in the topic's `space` wait cell, as a
+    /// subscriber's entry keeps it for `data` (`ReaderEntry::waits`, the same bits): taken
+    /// off by the publisher that takes the lane over from a dead one.
+    waits: AtomicU32,
+}
+
+impl LaneOwner {
+    /// The wait marks a dead former owner left, taken (cleared) by the lane's new owner.
+    pub(crate) fn take_waits(&self) -> u32 {
+        self.waits.swap(0, Ordering::AcqRel)
+    }
+}
+
+/// Where a party keeps its wait marks (see `ReaderEntry::waits`): a subscriber in its entry
+/// of lane 0's table, a publisher in its lane's owner words.
+pub(crate) trait WaitMarks {
+    /// Set `bits` (`WAITS_*`), after raising the counts they stand for.
+    fn mark_waits(&self, bits: u32);
+    /// Clear `bits`, before lowering the counts they stand for.
+    fn unmark_waits(&self, bits: u32);
+}
+
+impl WaitMarks for ReaderEntry {
+    fn mark_waits(&self, bits: u32) {
+        ReaderEntry::mark_waits(self, bits)
+    }
+    fn unmark_waits(&self, bits: u32) {
+        ReaderEntry::unmark_waits(self, bits)
+    }
+}
+
+impl WaitMarks for LaneOwner {
+    fn mark_waits(&self, bits: u32) {
+        self.waits.fetch_or(bits, Ordering::Release);
+    }
+    fn unmark_waits(&self, bits: u32) {
+        self.waits.fetch_and(!bits, Ordering::Release);
+    }
+}
+
+/// A [`Park`] that keeps its party's wait marks while the party counts among a cell's
+/// `sleepers`, so that if it is killed asleep whoever frees its place takes it off, and the
+/// other side stops paying a wake syscall for it.
+pub(crate) struct Marked<'a, P, M> {
+    park: &'a P,
+    marks: &'a M,
+}
+
+impl<'a, P: Park, M: WaitMarks> Marked<'a, P, M> {
+    pub(crate) fn new(park: &'a P, marks: &'a M) -> Self {
+        Self { park, marks }
+    }
+}
+
+impl<P: Park, M: WaitMarks> Park for Marked<'_, P, M> {
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<std::time::Instant>) {
+        self.park.park(word, expected, deadline)
+    }
+    fn wake_all(&self, word: &AtomicU32) {
+        self.park.wake_all(word)
+    }
+    fn prepare(&self) {
+        self.park.prepare()
+    }
+    fn finish(&self) {
+        self.park.finish()
+    }
+    fn counted(&self, asleep: bool) {
+        if asleep {
+            self.marks.mark_waits(WAITS_ASLEEP);
+        } else {
+            self.marks.unmark_waits(WAITS_ASLEEP);
+        }
+    }
 }
 
 /// One entry of a reader table, as it lies in shared memory.
@@ -158,10 +232,11 @@ impl Peers {
     }
 }
 
-/// Take off `data` (the topic's data wait cell) what a dead subscriber's entry says it still
-/// counted for there (its wait marks, as `ReaderEntry::evict` and `take_over` hand them back).
-pub(crate) fn forget_waits(data: &WaitCell, marks: u32) {
-    data.forget(marks & WAITS_ASLEEP != 0, marks & WAITS_MAY_SLEEP != 0);
+/// Take off `cell` what a dead party's wait marks say it still counted for there (a dead
+/// subscriber's in `data`, as `ReaderEntry::evict` and `take_over` hand them back; a dead
+/// publisher's in `space`, as `LaneOwner::take_waits` does).
+pub(crate) fn forget_waits(cell: &WaitCell, marks: u32) {
+    cell.forget(marks & WAITS_ASLEEP != 0, marks & WAITS_MAY_SLEEP != 0);
 }
 
 /// Take a free entry of `table` (lane 0's) for identity `me` (`segment::my_identity`), or one

@@ -44,6 +44,10 @@ pub struct TopicInfo {
     /// taken off yet (a Block publisher does when it evicts them; a subscriber that takes
     /// over one's entry does too).
     pub sleepers: u32,
+    /// Publishers counted as asleep waiting for room (Block), or about to sleep: while it is
+    /// above zero, subscribers make a wake syscall each time they give slots back. A
+    /// publisher killed asleep stays counted until another takes its lane over.
+    pub publisher_sleepers: u32,
 }
 
 /// One subscriber of a topic.
@@ -164,6 +168,7 @@ impl Bus {
             subscribers,
             evictions,
             sleepers: control.data.sleepers(),
+            publisher_sleepers: control.space.sleepers(),
         })
     }
 }

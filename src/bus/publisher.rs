@@ -1,7 +1,7 @@
 //! The publishing side of a topic: create it, loan slots, write in place, send.
 
 use super::backend::{self, Parks, Party};
-use super::control::{control_size, TopicControl};
+use super::control::{control_size, forget_waits, Marked, TopicControl, WaitMarks};
 use super::copying::CopyPublisher;
 use super::payload::{AlignedWords, Checked, Payload};
 use super::subscriber::open_topic;
@@ -10,7 +10,7 @@ use crate::error::{
     CreateError, LoanError, OpenError, SendTimeoutError, TryLoanError, TrySendError,
 };
 use crate::layout::{Geometry, PayloadKind, Policy, SegmentHeader, TopicShape, TypeFingerprint};
-use crate::ring::broadcast::Writer;
+use crate::ring::broadcast::{Writer, WAITS_MAY_SLEEP};
 use crate::ring::MappedSlots;
 use crate::segment::{self, Segment, SegmentError};
 use crate::sync::Ordering;
@@ -341,10 +341,20 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     .load(Ordering::Acquire);
                 holder != 0 && !segment::identity_alive(holder) && take(k, holder)
             });
-            if lane.is_some() {
+            if let Some(k) = lane {
                 // The dead publisher never took itself off the count: this one replaces it.
                 control.peers.leave();
+                // Nor off the space cell, if it waited there: the lane's marks say.
+                // SAFETY: as above.
+                let owner = &unsafe { control.lane(k, shape.max_readers) }.owner;
+                forget_waits(&control.space, owner.take_waits());
             }
+        } else if let Some(k) = lane {
+            // A free lane's marks were cleared by its last owner; a peer's are not acted on.
+            // SAFETY: as above.
+            let _ = unsafe { control.lane(k, shape.max_readers) }
+                .owner
+                .take_waits();
         }
         let Some(lane) = lane else {
             if control.peers.leave() {
@@ -396,6 +406,10 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         let parks = backend::parks(&segment, &geometry, &shape, Party::Publisher { lane });
         let may_wait = shape.policy == Policy::Block && self.wait.may_sleep();
         let barrier_ok = may_wait && wait::announce_sleeper(&control.space);
+        if may_wait {
+            // After the count it stands for (see `ReaderEntry::waits`).
+            lane_control.owner.mark_waits(WAITS_MAY_SLEEP);
+        }
         let (_, fixed_size, align) = self.shape_of_type();
         let exact_len = self.as_type.and(fixed_size).map(|s| s as u32);
         let staging = (shape.policy == Policy::Overwrite)
@@ -573,8 +587,9 @@ impl Inner {
             let slice = Instant::now() + LIVENESS_CHECK;
             let until = deadline.map_or(slice, |d| d.min(slice));
             let writer = &mut self.writer;
-            let park = &self.parks.space;
-            if wait::wait_until(wait, &control.space, park, barrier_ok, Some(until), || {
+            // SAFETY: the lane's owner words are in the mapping, which outlives `Inner`.
+            let park = Marked::new(&self.parks.space, unsafe { &*self.lane });
+            if wait::wait_until(wait, &control.space, &park, barrier_ok, Some(until), || {
                 writer.has_space()
             }) {
                 if let Some(ptr) = self.try_claim() {
@@ -1241,12 +1256,15 @@ impl Publisher<[u8]> {
 impl Drop for Ring {
     fn drop(&mut self) {
         let control = self.inner.control();
+        // SAFETY: the lane's owner words are in the mapping, still mapped (`segment` is
+        // dropped after this).
+        let owner = unsafe { &*self.inner.lane };
         if self.inner.policy == Policy::Block && self.inner.wait.may_sleep() {
+            // Before the lane is free: its marks must never be found on the next owner's.
+            owner.unmark_waits(WAITS_MAY_SLEEP);
             control.space.lower_may_sleep();
         }
-        // SAFETY: the lane's owner word is in the mapping, still mapped (`segment` is dropped
-        // after this).
-        unsafe { &*self.inner.lane }.id.store(0, Ordering::Release);
+        owner.id.store(0, Ordering::Release);
         // Release (inside `leave`): pairs with the subscriber's Acquire load in `poll_empty`:
         // every message committed before it is visible to a subscriber that sees the topic
         // closed.

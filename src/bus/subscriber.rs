@@ -1,7 +1,7 @@
 //! The subscribing side of a topic: open it, check it, receive messages in place.
 
 use super::backend::{self, Parks, Party};
-use super::control::{claim_entry, claim_mirror, control_size, TopicControl};
+use super::control::{claim_entry, claim_mirror, control_size, Marked, TopicControl};
 use super::payload::AlignedWords;
 use super::payload::{Checked, InPlace, Payload};
 use super::publisher::LIVENESS_CHECK;
@@ -14,8 +14,8 @@ use crate::layout::{
 use crate::ring::broadcast::{Peek, Reader, ReaderEntry, Ready, WAITS_ASLEEP, WAITS_MAY_SLEEP};
 use crate::ring::{MappedSlots, SlotStorage};
 use crate::segment::{identity_alive, identity_pid, Segment, SegmentError};
-use crate::sync::{spin_hint, AtomicU32, Ordering};
-use crate::wait::{self, Notifier, NotifySlot, NotifyWaiter, Park, WaitStrategy};
+use crate::sync::{spin_hint, Ordering};
+use crate::wait::{self, Notifier, NotifySlot, NotifyWaiter, WaitStrategy};
 use bytemuck::{CheckedBitPattern, NoUninit};
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -1295,42 +1295,6 @@ impl<T: ?Sized> Drop for RingSubscriber<T> {
         control.space.notify(&self.parks.space);
         if self.notify.is_some() {
             self.notify_slot().unregister(me);
-        }
-    }
-}
-
-/// A subscriber's [`Park`] that marks its entry while it counts among the data cell's
-/// `sleepers` (see `ReaderEntry::waits`), so that if it is killed asleep whoever frees the
-/// entry takes it off, and its publisher stops paying a wake syscall per message.
-struct Marked<'a, P> {
-    park: &'a P,
-    entry: &'a ReaderEntry,
-}
-
-impl<'a, P: Park> Marked<'a, P> {
-    fn new(park: &'a P, entry: &'a ReaderEntry) -> Self {
-        Self { park, entry }
-    }
-}
-
-impl<P: Park> Park for Marked<'_, P> {
-    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
-        self.park.park(word, expected, deadline)
-    }
-    fn wake_all(&self, word: &AtomicU32) {
-        self.park.wake_all(word)
-    }
-    fn prepare(&self) {
-        self.park.prepare()
-    }
-    fn finish(&self) {
-        self.park.finish()
-    }
-    fn counted(&self, asleep: bool) {
-        if asleep {
-            self.entry.mark_waits(WAITS_ASLEEP);
-        } else {
-            self.entry.unmark_waits(WAITS_ASLEEP);
         }
     }
 }

@@ -132,6 +132,7 @@ fn topic_json(info: &TopicInfo) -> Value {
         "published": info.published,
         "evictions": info.evictions,
         "sleepers": info.sleepers,
+        "publisher_sleepers": info.publisher_sleepers,
         "subscribers": info.subscribers.iter().map(|s| json!({
             "pid": s.pid,
             "alive": alive(s.pid),
