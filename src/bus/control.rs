@@ -332,12 +332,35 @@ pub(crate) fn claim_mirror(e: &ReaderEntry, data: &WaitCell, me: u64) -> bool {
 const EVICTION_PATIENCE: u32 = 1000;
 
 /// Evict the dead subscribers of `table` (a publisher's own lane) that hold it back: those
-/// registered at a head at least `min_lag` behind `tail`; and finish the evictions a dead
-/// writer of this lane before `me` left half-done; what each counted for in `data` (the
-/// topic's data wait cell: a subscriber killed asleep, or attached with a sleeping strategy)
-/// is taken off. Returns how many it evicted. Makes system calls (the liveness checks): for a
-/// publisher that found its ring full.
+/// registered at a head at least `min_lag` behind `tail`. Makes system calls (the liveness
+/// checks): for a publisher that found its ring full. See [`evict_dead_where`].
 pub(crate) fn evict_dead(table: &Table, data: &WaitCell, tail: u64, min_lag: u64, me: u64) -> u64 {
+    evict_dead_where(table, data, me, |e| {
+        e.head()
+            .is_some_and(|head| tail.wrapping_sub(head) >= min_lag)
+    })
+}
+
+/// Evict the subscribers of `table` (a publisher's own lane) that their marks say died asleep
+/// (see `ReaderEntry::waits`), whatever their position. Makes system calls (a liveness check
+/// per subscriber marked asleep): for a publisher whose wake-ups go on and on, which they do
+/// for a subscriber killed asleep under any policy (under Overwrite nothing else would ever
+/// free it). See [`evict_dead_where`].
+pub(crate) fn evict_dead_sleepers(table: &Table, data: &WaitCell, me: u64) -> u64 {
+    evict_dead_where(table, data, me, |e| e.waits() & WAITS_ASLEEP != 0)
+}
+
+/// Evict the subscribers of `table` for which `suspect` holds and whose process is dead
+/// (`suspect` first: it spares the liveness check of the others), and finish the evictions a
+/// dead writer of this lane before `me` left half-done; what each counted for in `data` (the
+/// topic's data wait cell: a subscriber killed asleep, or attached with a sleeping strategy)
+/// is taken off. Returns how many it evicted.
+fn evict_dead_where(
+    table: &Table,
+    data: &WaitCell,
+    me: u64,
+    suspect: impl Fn(&ReaderEntry) -> bool,
+) -> u64 {
     let mut evicted = 0;
     for e in table.entries() {
         let holder = e.owner();
@@ -348,35 +371,14 @@ pub(crate) fn evict_dead(table: &Table, data: &WaitCell, tail: u64, min_lag: u64
             // Only this lane's writer evicts in its table, and this writer is not evicting
             // now: the marker is a dead predecessor's.
             Some(evictor) => !identity_alive(evictor),
-            None => e
-                .head()
-                .is_some_and(|head| tail.wrapping_sub(head) >= min_lag && !identity_alive(holder)),
+            None => suspect(e) && !identity_alive(holder),
         };
-        if let Some(marks) = dead.then(|| e.evict(holder, me)).flatten() {
-            forget_waits(data, marks);
-            evicted += 1;
-        }
-    }
-    evicted
-}
-
-/// Evict the subscribers of `table` (a publisher's own lane) that their marks say died asleep
-/// (see `ReaderEntry::waits`), whatever their position, and take them off `data`. Returns how
-/// many it evicted. Makes system calls (a liveness check per subscriber marked asleep): for a
-/// publisher whose wake-ups go on and on, which they do for a subscriber killed asleep under
-/// any policy (under Overwrite nothing else would ever free it).
-pub(crate) fn evict_dead_sleepers(table: &Table, data: &WaitCell, me: u64) -> u64 {
-    let mut evicted = 0;
-    for e in table.entries() {
-        let holder = e.owner();
-        if holder == 0 || evictor_of(holder).is_some() || e.waits() & WAITS_ASLEEP == 0 {
+        if !dead {
             continue;
         }
-        if !identity_alive(holder) {
-            if let Some(marks) = e.evict(holder, me) {
-                forget_waits(data, marks);
-                evicted += 1;
-            }
+        if let Some(marks) = e.evict(holder, me) {
+            forget_waits(data, marks);
+            evicted += 1;
         }
     }
     evicted

@@ -332,7 +332,8 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
         // A free lane first; else the lane of a publisher whose process is dead, which goes on
         // from where that one stopped (its subscribers' positions stay valid).
         let mut lane = (0..geometry.lanes).find(|&k| take(k, 0));
-        if lane.is_none() {
+        let from_dead = lane.is_none();
+        if from_dead {
             lane = (0..geometry.lanes).find(|&k| {
                 // SAFETY: as above.
                 let holder = unsafe { control.lane(k, shape.max_readers) }
@@ -341,20 +342,22 @@ impl<'b, T: ?Sized + Payload> PublisherBuilder<'b, T> {
                     .load(Ordering::Acquire);
                 holder != 0 && !segment::identity_alive(holder) && take(k, holder)
             });
-            if let Some(k) = lane {
+            if lane.is_some() {
                 // The dead publisher never took itself off the count: this one replaces it.
                 control.peers.leave();
-                // Nor off the space cell, if it waited there: the lane's marks say.
-                // SAFETY: as above.
-                let owner = &unsafe { control.lane(k, shape.max_readers) }.owner;
-                forget_waits(&control.space, owner.take_waits());
             }
-        } else if let Some(k) = lane {
-            // A free lane's marks were cleared by its last owner; a peer's are not acted on.
+        }
+        if let Some(k) = lane {
+            // The lane's wait marks, cleared for this owner: a dead one's counts come off the
+            // space cell (it may have died asleep there); a free lane's were cleared by its
+            // last owner, and a peer's are not acted on.
             // SAFETY: as above.
-            let _ = unsafe { control.lane(k, shape.max_readers) }
+            let marks = unsafe { control.lane(k, shape.max_readers) }
                 .owner
                 .take_waits();
+            if from_dead {
+                forget_waits(&control.space, marks);
+            }
         }
         let Some(lane) = lane else {
             if control.peers.leave() {
